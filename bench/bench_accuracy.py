@@ -1,0 +1,122 @@
+"""Accuracy benchmark: train the default config for a fixed wall-clock budget
+on a synthetic multi-voice corpus, then score dev and test (unseen voices and
+sentences).
+
+    python bench/bench_accuracy.py                      # 4000 train utterances, 20 minutes
+    python bench/bench_accuracy.py --minutes 5 --train 1000   # a quick look
+
+Steps (each skipped when its output exists, so an interrupted run continues):
+1. ``python -m src.data.synth bench/out/corpus --counts ...`` (espeak-ng and flite
+   voices; dev-clean and test-clean speakers and sentences are not in train);
+2. ``python train.py data.root=bench/out/corpus training.max_minutes=M ...``
+   with every other setting from config.yaml;
+3. greedy and beam decoding of dev-clean and test-clean with the best
+   checkpoint, scored by mean Levenshtein distance (the competition metric) and CER.
+
+The result table is printed and saved as ``bench/out/accuracy.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int) -> dict:
+    """Decode ``split`` with the checkpoint alone; mean Levenshtein and CER against references."""
+    import torch
+
+    from src.checkpoint import load_checkpoint, model_from_checkpoint
+    from src.config import DataConfig, DecodingConfig
+    from src.data.dataset import SpeechDataset, make_loader
+    from src.decoding import decode_batch
+    from src.metrics import cer, mean_levenshtein
+    from src.vocab import decode as ids_to_text
+
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt, "cpu")
+    normalize = ckpt["config"]["data"]["normalize"]
+    with_refs = split != "test-clean"
+    dataset = SpeechDataset(corpus, split, n_mels=int(ckpt["n_mels"]), normalize=normalize, with_transcripts=with_refs)
+    loader = make_loader(dataset, DataConfig(num_workers=0, max_utterances_per_batch=32), shuffle=False, seed=0)
+    decoding = DecodingConfig(method=method, beam_size=beam_size)
+    hyps: dict[int, str] = {}
+    refs: dict[int, str] = {}
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in loader:
+            for i, text in zip(batch.indices.tolist(), decode_batch(model, batch, decoding)):
+                hyps[i] = text
+            if batch.tokens is not None:
+                for i, row, n in zip(batch.indices.tolist(), batch.tokens, batch.token_lens):
+                    refs[i] = ids_to_text(row[1 : int(n)].tolist())
+    seconds = time.perf_counter() - start
+    order = sorted(hyps)
+    if not with_refs:  # test-clean: the references synth wrote, in sorted file order
+        import csv
+
+        with open(corpus / "test_reference.csv") as f:
+            labels = {int(r["index"]): r["label"] for r in csv.DictReader(f)}
+        refs = {i: labels[i] for i in order}
+    h = [hyps[i] for i in order]
+    r = [refs[i] for i in order]
+    return {
+        "split": split,
+        "decoder": method if method == "greedy" else f"beam {beam_size}",
+        "utterances": len(order),
+        "mean_levenshtein": round(mean_levenshtein(h, r), 2),
+        "cer_percent": round(100 * cer(h, r), 2),
+        "decode_seconds": round(seconds, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
+    parser.add_argument("--train", type=int, default=4000, help="training utterances to synthesise")
+    parser.add_argument("--eval", type=int, default=200, help="dev and test utterances each")
+    parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
+    parser.add_argument("--beam", type=int, default=10, help="beam size for the beam rows")
+    parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
+    args = parser.parse_args()
+
+    out = ROOT / args.out
+    corpus = out / "corpus"
+    run_dir = out / f"run-{args.minutes:g}min"
+    if not (corpus / "test_reference.csv").exists():
+        counts = f"train-clean-100={args.train},dev-clean={args.eval},test-clean={args.eval}"
+        run([sys.executable, "-m", "src.data.synth", str(corpus), "--counts", counts, "--seed", "2026", "--workers", "2"])
+    if not (run_dir / "best.pt").exists() or (run_dir / "last.pt").exists() and not (run_dir / "done").exists():
+        run(
+            [sys.executable, "train.py", f"data.root={corpus}", f"logging.run_dir={run_dir}",
+             f"training.max_minutes={args.minutes}", "training.epochs=1000", "logging.wandb=disabled", *args.overrides]
+        )
+        (run_dir / "done").touch()
+    ckpt = run_dir / "best.pt"
+    rows = []
+    for split in ("dev-clean", "test-clean"):
+        rows.append(score_split(ckpt, corpus, split, "greedy", 1))
+        rows.append(score_split(ckpt, corpus, split, "beam", args.beam))
+    print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
+          f"{__import__('os').cpu_count()} CPU cores, checkpoint {ckpt.relative_to(ROOT)}")
+    print(f"{'split':<12}{'decoder':<10}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
+    for r in rows:
+        print(f"{r['split']:<12}{r['decoder']:<10}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
+              f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
+    (out / "accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

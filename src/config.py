@@ -1,0 +1,381 @@
+"""Typed configuration: ``config.yaml`` into dataclasses, with overrides.
+
+    cfg = load_config("config.yaml", ["training.lr=3e-4", "model.listener_hidden=256"])
+
+Every section is a dataclass; every key has a type and a default. Unknown keys
+are an error naming the key and the closest valid one. ``key=value`` overrides
+are parsed as YAML and then checked against the field's type, so
+``training.lr=3e-4`` is a float and ``data.in_memory=true`` a bool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.errors import UserError
+
+DEFAULT_DATA_ROOT = "data/11-785-f23-hw4p2"
+SAMPLE_DATA_ROOT = "data/sample"
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is batched (shared by every model family)."""
+
+    root: str = DEFAULT_DATA_ROOT  # competition layout; the bundled sample if absent
+    train_partition: str = "train-clean-100"  # or train-clean-360, train-clean-460
+    dev_partition: str = "dev-clean"
+    test_partition: str = "test-clean"
+    n_mels: int = 28  # feature dimension D
+    normalize: str = "utterance"  # none | utterance (zero mean, unit variance per bin)
+    max_frames_per_batch: int = 60000  # cap on B * T (padded) per batch
+    max_utterances_per_batch: int = 64  # cap on B
+    num_workers: int = 2  # DataLoader workers; 0 loads in the main process
+    in_memory: bool = False  # load every feature file into RAM at start
+    check: bool = True  # validate the splits before training and testing
+
+
+@dataclass
+class TeacherForcingConfig:
+    """Teacher forcing rate: constant, then decays in stages once triggered (checked after each epoch)."""
+
+    start: float = 1.0  # rate before the decay is triggered
+    trigger: str = "aligned"  # epoch | aligned | dev_error: what starts the decay (latched once met)
+    trigger_epoch: int = 0  # trigger=epoch: decay after every epoch from this one (0-based)
+    trigger_alignment: float = 0.9  # trigger=aligned: decay once dev attention diagonality reaches this (see src/training.py)
+    trigger_dev_cer: float = 0.5  # trigger=dev_error: decay once greedy dev CER is below
+    stages: list = field(default_factory=lambda: [[0.99, 0.7], [0.98, 0.5]])
+    # stages: [factor per epoch, floor] applied in order: x0.99 down to 0.7, then x0.98 down to 0.5
+
+
+@dataclass
+class SpecAugmentConfig:
+    """torchaudio FrequencyMasking/TimeMasking on training batches (independent masks per utterance)."""
+
+    start_epoch: int = 2  # first epoch (0-based) with SpecAugment; -1 disables
+    freq_mask: int = 4  # max width of each frequency mask (bins)
+    n_freq_masks: int = 2  # frequency masks per utterance
+    time_mask: int = 40  # max width of each time mask (frames)
+    n_time_masks: int = 2  # time masks per utterance
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the model; stored in every checkpoint. Defaults learn fast on CPU (~3.9M parameters)."""
+
+    family: str = "las"  # las
+    conv_channels: int = 128  # Conv1d front end output channels
+    conv_stride: int = 1  # Conv1d front end stride (time reduction); T' = ceil(T / stride / 2**listener_layers)
+    listener_hidden: int = 192  # H of each BLSTM direction (GPU: 256-512)
+    listener_layers: int = 3  # pyramidal BLSTM layers (each halves T)
+    locked_dropout: float = 0.1  # dropout between listener layers, one mask per utterance
+    attention_dim: int = 128  # A: key/value/query size
+    embedding_dim: int = 128  # character embedding size E (tied to the output layer)
+    speller_hidden: int = 256  # hidden size of each of the two speller LSTMCells (GPU: 512)
+    speller_dropout: float = 0.1  # dropout inside the speller
+    tie_weights: bool = True  # char distribution shares the embedding matrix
+    ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
+    ctc_layer: int = 2  # pBLSTM layer (1..listener_layers) feeding the CTC head; 2 = T/4 (at T/8 CTC is infeasible)
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, schedules, checkpoints (src/training.py)."""
+
+    epochs: int = 30  # passes over the training partition
+    lr: float = 1.5e-3  # AdamW peak learning rate (after warmup)
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    warmup_steps: int = 150  # linear warmup from 0 to lr, in optimizer steps
+    scheduler: str = "cosine"  # cosine (per step, to min_lr at the last epoch) | plateau (on dev Levenshtein)
+    anneal_by_time: bool = True  # cosine with max_minutes > 0: progress = max(step fraction, time fraction)
+    min_lr: float = 1e-5  # floor of both schedules
+    plateau_factor: float = 0.5  # plateau: multiply lr by this when dev stops improving
+    plateau_patience: int = 2  # plateau: epochs without improvement before a cut
+    grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
+    label_smoothing: float = 0.1  # on the attention cross-entropy (PAD ignored)
+    ctc_weight: float = 0.3  # loss = (1 - w) * attention + w * CTC (needs model.ctc_head)
+    teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    amp: str = "auto"  # auto | bf16 | fp16 | none (CUDA only; CPU is always fp32); auto = bf16 if supported
+    device: str = "auto"  # auto | cpu | cuda (auto: cuda when available; torchrun uses cuda:LOCAL_RANK)
+    seed: int = 11785  # seeds python, numpy and torch (rank r uses seed + r)
+    checkpoint_every_minutes: float = 30.0  # also write 'last' this often mid-epoch; 0 = only per epoch
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock budget; 0 = none
+    resume: bool = True  # continue from run_dir/last.pt when it exists
+    dev_max_utterances: int = 0  # score only this many dev utterances each epoch; 0 = all
+
+
+@dataclass
+class DecodingConfig:
+    """How test.py, transcribe.py and dev scoring turn listener output into text."""
+
+    method: str = "beam"  # greedy | beam
+    beam_size: int = 10  # K hypotheses kept per utterance (beam)
+    length_penalty: float = 1.0  # rank finished hypotheses by score / length ** length_penalty; 0 = total log-prob
+    max_length_ratio: float = 2.0  # most characters per listener frame (~1.2 in LibriSpeech); x2 per extra /2 reduction
+    max_length_min: int = 16  # ...but never fewer than this many characters
+    ctc_weight: float = 0.0  # beam: score = (1 - w) * attention + w * CTC prefix score; 0 = off
+    batch_size: int = 32  # utterances decoded together (beam search runs batch_size * beam_size rows)
+
+
+@dataclass
+class LoggingConfig:
+    """Where a run writes, and what it reports."""
+
+    run_dir: str = "runs/las"  # checkpoints, resolved config, attention maps, train.log
+    wandb: str = "offline"  # online | offline | disabled (offline needs no account; wandb sync uploads later)
+    wandb_project: str = "attention-based-speech-recognition"  # wandb project name
+    log_every: int = 50  # steps between progress-bar postfix updates and wandb step logs
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, typ in _field_types(cls).items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        if dataclasses.is_dataclass(typ):
+            keys.extend(_all_keys(typ, dotted + "."))
+    return keys
+
+
+def _unknown_key(key: str, source: str) -> UserError:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see README.md for the valid keys"
+    return UserError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``typ``; convert where lossless."""
+    bad = UserError(f"{source}: '{key}' expects {getattr(typ, '__name__', typ)}, got {value!r}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if typ is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if typ is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if typ is list or typing.get_origin(typ) is list:
+        if isinstance(value, list):
+            return value
+        raise bad
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {values!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in types_:
+            raise _unknown_key(dotted, source)
+        typ = types_[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value or {}, dotted + ".", source)
+        else:
+            kwargs[key] = _coerce(value, typ, dotted, source)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise _unknown_key(dotted, source)
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["training.lr=3e-4"]`` -> ``[("training.lr", "3e-4" parsed as YAML)]``."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value (e.g. training.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (None: defaults only), apply ``key=value`` overrides, validate."""
+    tree: dict = {}
+    source = str(path) if path is not None else "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: config file not found; pass --config PATH or run from the repository root")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    valid = set(_all_keys(Config))
+    for key, value in parse_overrides(overrides or []):
+        if key not in valid:
+            raise _unknown_key(key, "command line")
+        _set_dotted(tree, key, value, "command line")
+    cfg = _build(Config, tree, "", source)
+    validate(cfg)
+    return cfg
+
+
+def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise UserError(f"config: '{key}' must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    _choice(cfg.data.normalize, ("none", "utterance"), "data.normalize")
+    _choice(cfg.model.family, ("las",), "model.family")
+    _choice(cfg.training.scheduler, ("cosine", "plateau"), "training.scheduler")
+    _choice(cfg.training.amp, ("auto", "bf16", "fp16", "none"), "training.amp")
+    _choice(cfg.training.teacher_forcing.trigger, ("epoch", "aligned", "dev_error"), "training.teacher_forcing.trigger")
+    _choice(cfg.decoding.method, ("greedy", "beam"), "decoding.method")
+    _choice(cfg.logging.wandb, ("online", "offline", "disabled"), "logging.wandb")
+    for key, value in [
+        ("data.n_mels", cfg.data.n_mels),
+        ("data.max_frames_per_batch", cfg.data.max_frames_per_batch),
+        ("data.max_utterances_per_batch", cfg.data.max_utterances_per_batch),
+        ("decoding.beam_size", cfg.decoding.beam_size),
+        ("decoding.batch_size", cfg.decoding.batch_size),
+        ("model.conv_stride", cfg.model.conv_stride),
+    ]:
+        if value < 1:
+            raise UserError(f"config: '{key}' must be at least 1; got {value}")
+    if not 0.0 <= cfg.decoding.ctc_weight <= 1.0:
+        raise UserError(f"config: 'decoding.ctc_weight' must be in [0, 1]; got {cfg.decoding.ctc_weight}")
+    if cfg.decoding.max_length_ratio <= 0.0 or cfg.decoding.max_length_min < 0:
+        raise UserError(
+            "config: 'decoding.max_length_ratio' must be > 0 and 'decoding.max_length_min' >= 0; got "
+            f"{cfg.decoding.max_length_ratio} and {cfg.decoding.max_length_min}"
+        )
+    if not 0.0 <= cfg.training.ctc_weight <= 1.0:
+        raise UserError(f"config: 'training.ctc_weight' must be in [0, 1]; got {cfg.training.ctc_weight}")
+    for stage in cfg.training.teacher_forcing.stages:
+        if not (isinstance(stage, list) and len(stage) == 2):
+            raise UserError(
+                "config: 'training.teacher_forcing.stages' must be a list of [factor, floor] pairs; "
+                f"got {stage!r}"
+            )
+
+
+def to_dict(cfg: Any) -> dict:
+    """The resolved config as plain data (for printing, saving, checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(values: dict) -> ModelConfig:
+    """Rebuild a ModelConfig from a checkpoint's dict (unknown keys rejected)."""
+    return _build(ModelConfig, values, "model.", "checkpoint")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def add_config_args(parser) -> None:
+    """``--config PATH`` and trailing ``key=value`` overrides for an argparse parser."""
+    parser.add_argument("--config", default="config.yaml", help="YAML config file (default: config.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.lr=3e-4")
+
+
+
+# --------------------------------------------------------------------------
+# Rendering config.yaml from the dataclasses (comments from the field lines)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Map field name -> the trailing ``# comment`` on its line in this file."""
+    import inspect
+    import re
+
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s?(.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def render_yaml(cfg: Any, indent: int = 0) -> str:
+    """``cfg`` as YAML with each key's comment from the dataclass definition."""
+    lines = []
+    pad = "  " * indent
+    comments = _field_comments(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        note = f"  # {comments[f.name]}" if f.name in comments else ""
+        if dataclasses.is_dataclass(value):
+            doc = (type(value).__doc__ or "").strip().splitlines()
+            if doc and doc[0].startswith(type(value).__name__ + "("):
+                doc = []  # the signature dataclasses writes when there is no docstring
+            lines.append(f"{pad}{f.name}:" + (f"  # {doc[0]}" if doc and indent == 0 else note))
+            lines.append(render_yaml(value, indent + 1))
+            if indent == 0:
+                lines.append("")
+        else:
+            dumped = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+            if dumped.endswith("\n..."):
+                dumped = dumped[: -len("\n...")]
+            dumped = dumped.removesuffix("...").strip()
+            lines.append(f"{pad}{f.name}: {dumped}{note}")
+    return "\n".join(lines).rstrip("\n") + ("\n" if indent == 0 else "")
+
+
+if __name__ == "__main__":  # python -m src.config > config.yaml
+    print("# Every setting of train.py and test.py. Override any of them on the command line:")
+    print("#   python train.py training.lr=3e-4 model.listener_hidden=128")
+    print("# Generated from src/config.py (python -m src.config > config.yaml); tests keep them in sync.\n")
+    print(render_yaml(Config()), end="")

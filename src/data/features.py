@@ -1,0 +1,147 @@
+"""THE feature definition: log-mel frames used by synth, prepare and transcribe.
+
+    wave, sr = load_audio("speech.flac")          # (N,) float32 mono, its sample rate
+    feats = log_mel(wave, sr)                      # (T, D) float32, T = 1 + N16 // 160
+
+Definition (one place; everything else calls :func:`log_mel`):
+
+- resample to ``SAMPLE_RATE`` = 16 kHz (torchaudio's windowed-sinc resampler);
+- centred frames: the wave is reflect-padded by n_fft // 2 = 256 on both sides,
+  so frame t is centred on sample 160 * t and T = 1 + N16 // 160;
+- 25 ms periodic Hann window (400 samples) zero-padded to n_fft = 512 (centred),
+  10 ms hop (160 samples), power spectrum |X|^2 (257 bins);
+- HTK mel filterbank, 0..8000 Hz, triangles without area normalisation
+  (the same filters as ``torchaudio.functional.melscale_fbanks(norm=None,
+  mel_scale="htk")``);
+- natural log of (mel power + 1e-6).
+
+It matches ``torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=400,
+hop_length=160, f_min=0, f_max=8000, n_mels=D, power=2, center=True,
+norm=None, mel_scale="htk")`` followed by ``log(x + 1e-6)``; tests/test_features.py
+checks that. This module is plain numpy so that worker processes stay light;
+torch is imported only when a resample is needed.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WIN_LENGTH = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms
+N_FFT = 512
+F_MIN = 0.0
+F_MAX = 8000.0
+LOG_EPS = 1e-6
+N_MELS = 28
+
+
+def num_frames(n_samples: int) -> int:
+    """Frames of a 16 kHz wave of ``n_samples`` samples: ``1 + N // 160`` (centred frames)."""
+    return 1 + int(n_samples) // HOP_LENGTH
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + f / 700.0)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(n_mels: int = N_MELS) -> np.ndarray:
+    """HTK mel filterbank, (N_FFT // 2 + 1, n_mels) float64, triangles peaking at 1."""
+    fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)  # (257,)
+    mel_points = np.linspace(_hz_to_mel(np.float64(F_MIN)), _hz_to_mel(np.float64(F_MAX)), n_mels + 2)
+    hz_points = _mel_to_hz(mel_points)  # (n_mels + 2,) filter edges and centres
+    widths = np.diff(hz_points)  # (n_mels + 1,)
+    slopes = hz_points[None, :] - fft_freqs[:, None]  # (257, n_mels + 2)
+    down = -slopes[:, :-2] / widths[:-1]  # rising edge, (257, n_mels)
+    up = slopes[:, 2:] / widths[1:]  # falling edge, (257, n_mels)
+    fb = np.maximum(0.0, np.minimum(down, up))
+    fb.setflags(write=False)
+    return fb
+
+
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    """Periodic Hann of 400 samples, zero-padded on both sides to N_FFT (as torch.stft does)."""
+    n = np.arange(WIN_LENGTH)
+    hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / WIN_LENGTH)
+    left = (N_FFT - WIN_LENGTH) // 2
+    window = np.zeros(N_FFT)
+    window[left : left + WIN_LENGTH] = hann
+    window.setflags(write=False)
+    return window
+
+
+def resample(wave: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) at ``sample_rate`` -> (N',) float32 at ``target_rate`` (torchaudio sinc resampler)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if int(sample_rate) == int(target_rate):
+        return wave
+    import torch
+    import torchaudio.functional as AF
+
+    with torch.no_grad():
+        out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), int(sample_rate), int(target_rate))
+    return out.numpy().astype(np.float32, copy=False)
+
+
+def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> np.ndarray:
+    """Log-mel features of a mono wave.
+
+    Args:
+        wave: (N,) float samples in [-1, 1] (any float or int dtype; 1-D).
+        sample_rate: rate of ``wave`` in Hz; resampled to 16 kHz first if different.
+        n_mels: D, the number of mel bins.
+    Returns:
+        (T, D) float32 with T = 1 + N16 // 160, N16 the length at 16 kHz.
+    Raises:
+        ValueError: ``wave`` is not 1-D or is empty.
+    """
+    wave = np.asarray(wave)
+    if wave.ndim != 1:
+        raise ValueError(f"log_mel expects a 1-D wave (N,), got shape {wave.shape}")
+    if wave.size == 0:
+        raise ValueError("log_mel got an empty wave")
+    x = resample(wave, sample_rate).astype(np.float64)  # (N16,)
+    pad = N_FFT // 2
+    # reflect padding as torch.stft(center=True); numpy repeats the reflection for very short waves
+    x = np.pad(x, (pad, pad), mode="reflect")  # (N16 + 512,)
+    n_frames = 1 + (x.size - N_FFT) // HOP_LENGTH
+    frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:n_frames]  # (T, 512)
+    spectrum = np.fft.rfft(frames * _window(), n=N_FFT, axis=1)  # (T, 257) complex
+    power = spectrum.real**2 + spectrum.imag**2  # (T, 257)
+    mel = power @ mel_filterbank(n_mels)  # (T, 257) @ (257, D) -> (T, D)
+    return np.log(mel + LOG_EPS).astype(np.float32)
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file with soundfile: (N,) float32 mono (channels averaged), sample rate.
+
+    Reads whatever this libsndfile reads (wav, flac, ogg, and mp3 from libsndfile 1.1).
+    Raises soundfile's error (a RuntimeError / LibsndfileError) on unreadable files.
+    """
+    import soundfile as sf
+
+    data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, channels)
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # (N, C) -> (N,)
+    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+
+
+def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` (.npy) atomically: ``path.tmp`` in the same folder, then os.replace.
+
+    A crash leaves at most a stale ``.tmp`` file, never a half-written ``.npy``.
+    """
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)

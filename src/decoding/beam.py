@@ -1,0 +1,162 @@
+"""Batched beam search: all B utterances x K beams in one tensor.
+
+Each output step makes ONE ``model.step`` call for every live hypothesis of
+every unfinished utterance (rows flattened to (B*K,)), then:
+
+1. log-softmax (<pad>, <sos> at -inf), plus ``ctc_weight`` x the CTC prefix
+   score when asked: score = (1 - w) * attention + w * CTC;
+2. candidate totals: (B*K, V) -> (B, K*V), top 2K per utterance;
+3. walking down that ranked list as one tensor op: <eos> candidates ranked
+   above the K-th non-<eos> one enter the utterance's pool of finished
+   hypotheses, the first K non-<eos> candidates become the new beams
+   (at most K of 2K candidates end in <eos>, one per beam, so K live ones
+   always remain). A finished hypothesis is never extended: it leaves the beam
+   the moment it is chosen;
+4. ``model.reorder_state`` (and the CTC state) follow the chosen beams.
+
+An utterance is done when its pool holds K hypotheses. Hypotheses that reach
+the utterance's length limit may only take <eos> next (with its real
+probability), so every pooled hypothesis is scored alike. Done utterances leave
+the batch (``Encoded.index_select``), and the search stops when all are done.
+The answer is the pooled hypothesis with the best ``score / length **
+length_penalty`` (length = characters + 1 for the <eos>); length_penalty 0
+ranks by total log-probability.
+
+The per-step bookkeeping is a handful of tensor ops on (B, 2K) and stays on
+the model's device; the only host transfer per step is the small (B, 2K)
+mask of finished candidates. Numba would not help here: the work per step is
+already a few microseconds next to the model's step (bench/bench_decode.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from src.decoding.ctc_prefix import CTCPrefixScorer
+from src.decoding.greedy import next_token_log_probs
+from src.errors import UserError
+from src.vocab import EOS, PAD, SOS
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # characters, without <sos>/<eos>
+    log_prob: float  # total score (attention, plus CTC when weighted in)
+    length: int  # characters + 1 (the <eos>)
+
+    def rank(self, length_penalty: float) -> float:
+        return self.log_prob / max(self.length, 1) ** length_penalty
+
+
+@torch.no_grad()
+def beam_search(
+    model,
+    encoded,
+    max_lens: torch.Tensor,
+    beam_size: int = 10,
+    length_penalty: float = 1.0,
+    ctc_weight: float = 0.0,
+    return_hypotheses: bool = False,
+):
+    """Beam search over B utterances at once.
+
+    encoded: the model's Encoded for B utterances; max_lens (B,) long: most
+    characters per utterance (``max_output_lengths``). Returns B lists of
+    token ids without <sos>/<eos>; with ``return_hypotheses`` the B best
+    :class:`Hypothesis` objects instead.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_search: beam_size must be at least 1, got {beam_size}")
+    if not 0.0 <= ctc_weight <= 1.0:
+        raise ValueError(f"beam_search: ctc_weight must be in [0, 1], got {ctc_weight}")
+    lens = encoded.lens
+    n_utt, k = lens.shape[0], beam_size
+    if n_utt == 0:
+        return []
+    device = lens.device
+    limits = max_lens.to(device).long()  # (B_live,)
+    steps = int(limits.max().item())
+
+    utt = torch.arange(n_utt, device=device)  # original utterance of each live utterance (B_live,)
+    rows = utt.repeat_interleave(k)  # (B,) -> (B*K,): K rows per utterance
+    enc = encoded.index_select(rows)  # every tensor (B, ...) -> (B*K, ...)
+    state = model.init_state(enc)
+    scores = torch.full((n_utt, k), -math.inf, device=device)  # (B, K) total score per beam
+    scores[:, 0] = 0.0  # all beams start equal: keep one so the first step has no duplicates
+    tokens = torch.full((n_utt * k,), SOS, dtype=torch.long, device=device)  # (B*K,)
+    seqs = torch.zeros((n_utt * k, steps + 1), dtype=torch.long, device=device)  # (B*K, U)
+    n_finished = torch.zeros(n_utt, dtype=torch.long, device=device)  # (B_live,)
+    pools: list[list[Hypothesis]] = [[] for _ in range(n_utt)]
+
+    ctc = None
+    if ctc_weight > 0.0:
+        if getattr(enc, "ctc_log_probs", None) is None:
+            raise UserError("decoding.ctc_weight > 0 needs a model with a CTC head (model.ctc_head=true); "
+                            "set decoding.ctc_weight=0")
+        ctc_lens = enc.ctc_lens if getattr(enc, "ctc_lens", None) is not None else enc.lens
+        ctc = CTCPrefixScorer(enc.ctc_log_probs, ctc_lens)
+
+    for t in range(steps + 1):  # t: characters in every live hypothesis
+        n_live = utt.shape[0]
+        logits, state, _ = model.step(tokens, state, enc)
+        logp = next_token_log_probs(logits)  # (B_live*K, V)
+        if ctc is not None:
+            logp = (1.0 - ctc_weight) * logp.masked_fill(torch.isinf(logp), 0.0) + ctc_weight * ctc.score(t)
+            logp[:, PAD] = -math.inf
+            logp[:, SOS] = -math.inf
+        vocab = logp.shape[1]
+        at_limit = limits <= t  # (B_live,) no room for another character: <eos> only
+        if bool(at_limit.any()):
+            forced = at_limit.repeat_interleave(k)  # (B_live,) -> (B_live*K,)
+            logp[forced] = torch.where(torch.arange(vocab, device=device) == EOS, logp[forced], -math.inf)
+        cand = (scores.reshape(-1, 1) + logp).reshape(n_live, k * vocab)  # (B_live*K, V) -> (B_live, K*V)
+        top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B_live, 2K), best first
+        top_beam, top_tok = top_idx // vocab, top_idx % vocab
+        is_eos = top_tok == EOS
+        not_eos = (~is_eos).long()
+        live_above = torch.cumsum(not_eos, dim=1) - not_eos  # non-<eos> candidates ranked above
+        takes_eos = is_eos & (live_above < k) & torch.isfinite(top_scores)  # (B_live, 2K)
+        is_live = (~is_eos) & (live_above < k)  # the first K non-<eos> candidates
+        order = (~is_live).long() * (2 * k) + torch.arange(top_idx.shape[1], device=device)
+        chosen = order.argsort(dim=1)[:, :k]  # (B_live, K) positions of the live ones, best first
+        new_scores = top_scores.gather(1, chosen)  # (B_live, K)
+        new_beam = top_beam.gather(1, chosen)
+        new_tok = top_tok.gather(1, chosen)
+        n_finished = n_finished + takes_eos.sum(dim=1)
+        done = (n_finished >= k) | at_limit  # (B_live,)
+
+        takes_eos_cpu = takes_eos.cpu()
+        if bool(takes_eos_cpu.any()):  # pool the hypotheses that just ended with <eos>
+            u_idx, pos = takes_eos_cpu.nonzero(as_tuple=True)
+            src_rows = (u_idx.to(device) * k + top_beam[u_idx, pos]).long()
+            prefixes = seqs[src_rows, :t].tolist()
+            totals = top_scores[u_idx, pos].tolist()
+            for u, prefix, total in zip(u_idx.tolist(), prefixes, totals):
+                pools[int(utt[u])].append(Hypothesis(prefix, total, t + 1))
+
+        # Follow the chosen beams: row (u, j) continues from row (u, new_beam[u, j]).
+        src = (torch.arange(n_live, device=device)[:, None] * k + new_beam).reshape(-1)  # (B_live*K,)
+        seqs = seqs[src]
+        seqs[:, t] = new_tok.reshape(-1)
+        done_cpu = done.cpu()
+        if bool(done_cpu.all()):
+            break
+        keep_utt = None
+        if bool(done_cpu.any()):  # done utterances leave the batch
+            keep_utt = (~done).nonzero().squeeze(1)  # (B_live',)
+            keep_rows = (keep_utt[:, None] * k + torch.arange(k, device=device)).reshape(-1)  # (B_live'*K,)
+            src = src.reshape(n_live, k)[keep_utt].reshape(-1)
+            seqs = seqs[keep_rows]
+            new_scores, new_tok = new_scores[keep_utt], new_tok[keep_utt]
+            utt, limits, n_finished = utt[keep_utt], limits[keep_utt], n_finished[keep_utt]
+            enc = enc.index_select(keep_rows)
+        state = model.reorder_state(state, src)
+        if ctc is not None:
+            ctc.select(src, new_tok.reshape(-1))
+        scores = new_scores
+        tokens = new_tok.reshape(-1)
+
+    best = [max(pool, key=lambda h: h.rank(length_penalty)) for pool in pools]
+    return best if return_hypotheses else [h.tokens for h in best]

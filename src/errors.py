@@ -1,0 +1,28 @@
+"""User-facing errors: one line, naming the file, what is wrong and the fix.
+
+Entry points wrap their ``main`` in :func:`run_cli`, which turns a
+:class:`UserError` into that one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input from the user (data, config, checkpoint): message is one line."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run ``main`` and exit: 0 on success, 2 with one line on a UserError."""
+    try:
+        code = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

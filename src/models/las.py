@@ -1,0 +1,365 @@
+"""Listen, Attend and Spell (Chan et al., 2016) with a joint CTC head.
+
+    Listener   Conv1d front end (stride s) -> n pyramidal BLSTM layers, each
+               concatenating adjacent frames (halving T) before its BLSTM;
+               locked dropout between layers; packed sequences from lengths.
+    Attention  key/value projections of the listener output, a query from the
+               speller state, scaled dot-product scores masked from lengths.
+    Speller    embedding + two LSTMCells + a character distribution network
+               whose output matrix is the embedding (weight tying). ONE step
+               function serves teacher-forced training, greedy and beam search.
+    CTC head   log-softmax over the vocabulary on the output of pBLSTM layer
+               ``ctc_layer`` (default 2 of 3: T/4, because at T/8 the listener
+               has fewer frames than a LibriSpeech utterance has characters and
+               CTC would be infeasible). The CTC blank is PAD (id 0).
+
+Decoder interface (used by src/decoding/):
+
+    encoded = model.encode(features (B, T, D), feature_lens (B,))   # Encoded
+    state = model.init_state(encoded)
+    logits (B, V), state, attn (B, T') = model.step(tokens (B,), state, encoded)
+    state = model.reorder_state(state, index (B',))
+    logits (B, U, V), attn (B, U, T'), encoded = model(features, feature_lens, tokens_in (B, U), rate)
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from src.vocab import PAD
+
+State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context), all batch-first
+
+
+def listener_output_lengths(lengths, conv_stride: int, n_layers: int):
+    """THE time-reduction formula: frames left after the front end and ``n_layers`` pBLSTMs.
+
+    The Conv1d front end keeps ceil(T / conv_stride) frames; each pBLSTM layer
+    pads an odd T with one zero frame and halves it: T -> ceil(T / 2). So every
+    utterance with T >= 1 keeps at least one frame. Works on ints and on
+    integer tensors (B,).
+    """
+    out = (lengths - 1) // conv_stride + 1  # ceil(T / s)
+    for _ in range(n_layers):
+        out = (out + 1) // 2  # ceil(T / 2)
+    return out
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) integer lengths -> (B, max_len) bool, True on real frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Encoded(NamedTuple):
+    """What the listener hands the speller and the decoders.
+
+    keys (B, T', A), values (B, T', A), lens (B,) long;
+    ctc_log_probs (B, T'', V) log-softmax over the vocabulary (blank = PAD = 0)
+    or None, with its own lengths ctc_lens (B,) (T'' = T' * 2 ** (layers - ctc_layer)).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    lens: torch.Tensor
+    ctc_log_probs: torch.Tensor | None = None
+    ctc_lens: torch.Tensor | None = None
+
+    def index_select(self, index: torch.Tensor) -> "Encoded":
+        """Rows ``index`` (B',) of every tensor (e.g. to repeat each utterance K times)."""
+        return Encoded(*(None if t is None else t.index_select(0, index) for t in self))
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per utterance and feature, shared over time (Gal & Ghahramani)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, F) -> (B, T, F)."""
+        if not self.training or self.p == 0.0:
+            return x
+        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x * mask  # (B, 1, F) broadcast over T
+
+
+def _init_lstm(lstm: nn.Module) -> None:
+    """Orthogonal recurrent weights, Xavier input weights, forget-gate bias 1."""
+    for name, param in lstm.named_parameters():
+        if "weight_hh" in name:
+            for chunk in param.data.chunk(4, 0):  # gates i, f, g, o
+                nn.init.orthogonal_(chunk)
+        elif "weight_ih" in name:
+            nn.init.xavier_uniform_(param.data)
+        elif "bias" in name:
+            param.data.zero_()
+            if "bias_ih" in name:  # bias_ih + bias_hh: forget gate starts at 1
+                hidden = param.size(0) // 4
+                param.data[hidden : 2 * hidden] = 1.0
+
+
+class pBLSTM(nn.Module):
+    """Pyramidal BLSTM layer: concatenate adjacent frames, then a BLSTM.
+
+    (B, T, F) -> (B, ceil(T/2), 2F) -> BLSTM -> (B, ceil(T/2), 2H).
+    An odd T gets one zero frame so that the last real frame is kept.
+    """
+
+    def __init__(self, input_dim: int, hidden: int):
+        super().__init__()
+        self.lstm = nn.LSTM(2 * input_dim, hidden, batch_first=True, bidirectional=True)
+        _init_lstm(self.lstm)
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, F) zero beyond ``lens`` (B,) -> (B, ceil(T/2), 2H), new lens (B,)."""
+        batch, frames, dim = x.shape
+        if frames % 2:
+            x = F.pad(x, (0, 0, 0, 1))  # (B, T, F) -> (B, T+1, F), zero frame at the end
+        x = x.reshape(batch, x.size(1) // 2, 2 * dim)  # (B, T, F) -> (B, T/2, 2F)
+        lens = listener_output_lengths(lens, 1, 1)
+        packed = pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))  # (B, T/2, 2H), zero padded
+        return out, lens
+
+
+class Listener(nn.Module):
+    """Conv1d front end + ``n_layers`` pBLSTM layers with locked dropout between them."""
+
+    def __init__(
+        self,
+        n_mels: int,
+        conv_channels: int,
+        conv_stride: int,
+        hidden: int,
+        n_layers: int,
+        dropout: float,
+        ctc_layer: int = 0,
+    ):
+        super().__init__()
+        self.conv_stride = conv_stride
+        self.n_layers = n_layers
+        self.ctc_layer = ctc_layer
+        pad = max(1, conv_stride // 2)  # kernel 2*pad+1 >= stride: no frame skipped
+        self.conv = nn.Conv1d(n_mels, conv_channels, kernel_size=2 * pad + 1, stride=conv_stride, padding=pad)
+        self.norm = nn.LayerNorm(conv_channels)  # per frame: padding never leaks into statistics
+        self.layers = nn.ModuleList(
+            pBLSTM(conv_channels if i == 0 else 2 * hidden, hidden) for i in range(n_layers)
+        )
+        self.dropout = LockedDropout(dropout)
+        self.output_dim = 2 * hidden
+
+    def forward(
+        self, features: torch.Tensor, lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """features (B, T, D), lens (B,) -> out (B, T', 2H), lens (B,), and the
+        output of layer ``ctc_layer`` (B, T'', 2H) with its lens (None when 0)."""
+        x = features * lengths_to_mask(lens, features.size(1)).unsqueeze(-1).to(features.dtype)
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, D) -> (B, D, T) -> (B, C, T/s) -> (B, T/s, C)
+        lens = listener_output_lengths(lens, self.conv_stride, 0)
+        x = F.gelu(self.norm(x))
+        x = x * lengths_to_mask(lens, x.size(1)).unsqueeze(-1).to(x.dtype)  # zero beyond lens
+        ctc_x = ctc_lens = None
+        for i, layer in enumerate(self.layers):
+            x, lens = layer(self.dropout(x), lens)  # (B, T, F) -> (B, T/2, 2H)
+            if i + 1 == self.ctc_layer:
+                ctc_x, ctc_lens = x, lens
+        return self.dropout(x), lens, ctc_x, ctc_lens
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention: keys/values from the listener, query from the speller."""
+
+    def __init__(self, listener_dim: int, query_dim: int, attention_dim: int):
+        super().__init__()
+        self.key = nn.Linear(listener_dim, attention_dim)
+        self.value = nn.Linear(listener_dim, attention_dim)
+        self.query = nn.Linear(query_dim, attention_dim)
+        self.scale = 1.0 / math.sqrt(attention_dim)
+
+    def project(self, listener_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T', 2H) -> keys (B, T', A), values (B, T', A); once per utterance."""
+        return self.key(listener_out), self.value(listener_out)
+
+    def forward(
+        self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """state (B, Hs), keys/values (B, T', A), lens (B,) ->
+        context (B, A), weights (B, T') summing to 1 and exactly 0 at t >= lens."""
+        query = self.query(state)  # (B, A)
+        scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2) * self.scale  # (B, T', A) x (B, A, 1) -> (B, T')
+        scores = scores.float().masked_fill(~lengths_to_mask(lens, keys.size(1)), float("-inf"))
+        weights = torch.softmax(scores, dim=1)  # (B, T'), float32 even under autocast
+        context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 1, T') x (B, T', A) -> (B, A)
+        return context, weights
+
+
+class Speller(nn.Module):
+    """Embedding, two LSTMCells, attention and the character distribution network."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden: int,
+        attention_dim: int,
+        listener_dim: int,
+        dropout: float,
+        tie_weights: bool,
+    ):
+        super().__init__()
+        self.hidden = hidden
+        self.attention_dim = attention_dim
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.cell1 = nn.LSTMCell(embedding_dim + attention_dim, hidden)
+        self.cell2 = nn.LSTMCell(hidden, hidden)
+        self.attention = Attention(listener_dim, hidden, attention_dim)
+        self.dropout = nn.Dropout(dropout)
+        # char distribution: [h2; context] -> embedding space -> vocabulary
+        self.char_proj = nn.Linear(hidden + attention_dim, embedding_dim)
+        self.char_out = nn.Linear(embedding_dim, vocab_size)
+        nn.init.normal_(self.embedding.weight, std=embedding_dim**-0.5)
+        if tie_weights:
+            self.char_out.weight = self.embedding.weight  # (V, E) shared
+        _init_lstm(self.cell1)
+        _init_lstm(self.cell2)
+
+    def init_state(self, batch: int, like: torch.Tensor) -> State:
+        """Zero recurrent states and context, (B, Hs) x 4 and (B, A)."""
+        h = like.new_zeros(batch, self.hidden)
+        return (h, h.clone(), h.clone(), h.clone(), like.new_zeros(batch, self.attention_dim))
+
+    def step_features(
+        self, tokens: torch.Tensor, state: State, keys, values, lens
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """THE recurrence: tokens (B,) -> output features (B, Hs + A), new state, attn (B, T')."""
+        h1, c1, h2, c2, context = state
+        x = torch.cat([self.embedding(tokens), context], dim=1)  # (B, E) + (B, A) -> (B, E + A)
+        h1, c1 = self.cell1(x, (h1, c1))
+        h2, c2 = self.cell2(self.dropout(h1), (h2, c2))
+        context, attn = self.attention(h2, keys, values, lens)
+        out = torch.cat([h2, context], dim=1)  # (B, Hs) + (B, A) -> (B, Hs + A)
+        return out, (h1, c1, h2, c2, context), attn
+
+    def char_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Output features (..., Hs + A) -> unnormalised logits (..., V)."""
+        return self.char_out(torch.tanh(self.char_proj(self.dropout(out))))
+
+
+class LAS(nn.Module):
+    """Listener + Speller (+ CTC head); see the module docstring for the interface."""
+
+    def __init__(
+        self,
+        n_mels: int,
+        vocab_size: int,
+        *,
+        conv_channels: int = 128,
+        conv_stride: int = 1,
+        listener_hidden: int = 192,
+        listener_layers: int = 3,
+        locked_dropout: float = 0.1,
+        attention_dim: int = 128,
+        embedding_dim: int = 128,
+        speller_hidden: int = 256,
+        speller_dropout: float = 0.1,
+        tie_weights: bool = True,
+        ctc_head: bool = True,
+        ctc_layer: int = 2,
+    ):
+        super().__init__()
+        if ctc_head and not 1 <= ctc_layer <= listener_layers:
+            raise ValueError(f"ctc_layer must be in 1..{listener_layers}, got {ctc_layer}")
+        self.vocab_size = vocab_size
+        self.conv_stride = conv_stride
+        self.listener_layers = listener_layers
+        self.listener = Listener(
+            n_mels, conv_channels, conv_stride, listener_hidden, listener_layers, locked_dropout,
+            ctc_layer if ctc_head else 0,
+        )
+        self.speller = Speller(
+            vocab_size, embedding_dim, speller_hidden, attention_dim, self.listener.output_dim,
+            speller_dropout, tie_weights,
+        )
+        self.ctc = nn.Linear(2 * listener_hidden, vocab_size) if ctc_head else None
+
+    def output_lengths(self, feature_lens: torch.Tensor) -> torch.Tensor:
+        """Listener output lengths T' (B,) for input lengths (B,)."""
+        return listener_output_lengths(feature_lens, self.conv_stride, self.listener_layers)
+
+    def encode(self, features: torch.Tensor, feature_lens: torch.Tensor) -> Encoded:
+        """features (B, T, D), feature_lens (B,) -> Encoded (keys/values (B, T', A))."""
+        out, lens, ctc_x, ctc_lens = self.listener(features, feature_lens)
+        keys, values = self.speller.attention.project(out)
+        ctc_log_probs = None
+        if self.ctc is not None:
+            ctc_log_probs = F.log_softmax(self.ctc(ctc_x).float(), dim=-1)  # (B, T'', 2H) -> (B, T'', V)
+        return Encoded(keys, values, lens, ctc_log_probs, ctc_lens)
+
+    def init_state(self, encoded: Encoded) -> State:
+        return self.speller.init_state(encoded.keys.size(0), encoded.keys)
+
+    def step(self, tokens: torch.Tensor, state: State, encoded: Encoded) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """tokens (B,) long -> logits (B, V), new state, attn (B, T')."""
+        out, state, attn = self.speller.step_features(tokens, state, encoded.keys, encoded.values, encoded.lens)
+        return self.speller.char_logits(out), state, attn
+
+    @staticmethod
+    def reorder_state(state: State, index: torch.Tensor) -> State:
+        """index_select every state tensor on dim 0 (beam search bookkeeping)."""
+        return tuple(t.index_select(0, index) for t in state)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        feature_lens: torch.Tensor,
+        tokens_in: torch.Tensor,
+        teacher_forcing_rate: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, Encoded]:
+        """Teacher-forced forward: a loop over the step recurrence.
+
+        tokens_in (B, U) = [SOS, c1, ..., cn] (padded). At each step u > 0 each
+        utterance feeds the ground truth tokens_in[:, u] with probability
+        ``teacher_forcing_rate``, else its own previous argmax prediction.
+        Returns logits (B, U, V), attn (B, U, T'), encoded.
+        """
+        encoded = self.encode(features, feature_lens)
+        state = self.init_state(encoded)
+        steps = tokens_in.size(1)
+        sample = teacher_forcing_rate < 1.0 and self.training
+        embedded_outs, attns, logits = [], [], []
+        tokens = tokens_in[:, 0]
+        for u in range(steps):
+            if u > 0:
+                tokens = tokens_in[:, u]
+                if sample:
+                    use_truth = torch.rand(tokens.shape, device=tokens.device) < teacher_forcing_rate
+                    tokens = torch.where(use_truth, tokens, logits[-1].detach().argmax(dim=-1))
+            out, state, attn = self.speller.step_features(tokens, state, encoded.keys, encoded.values, encoded.lens)
+            attns.append(attn)
+            if sample:  # the next input may be this prediction
+                logits.append(self.speller.char_logits(out))
+            else:
+                embedded_outs.append(out)
+        if sample:
+            all_logits = torch.stack(logits, dim=1)  # U x (B, V) -> (B, U, V)
+        else:  # same network, applied once to every step: (B, U, Hs + A) -> (B, U, V)
+            all_logits = self.speller.char_logits(torch.stack(embedded_outs, dim=1))
+        return all_logits, torch.stack(attns, dim=1), encoded  # attn: U x (B, T') -> (B, U, T')
+
+
+def ctc_targets(tokens: torch.Tensor, token_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [SOS, c1..cn, EOS, PAD...] (B, U) -> targets (B, U-2) = [c1..cn, PAD...], lens (B,) = n."""
+    return tokens[:, 1:-1].clone(), token_lens - 2
+
+
+__all__ = [
+    "Attention", "Encoded", "LAS", "Listener", "LockedDropout", "PAD", "Speller", "State",
+    "ctc_targets", "lengths_to_mask", "listener_output_lengths", "pBLSTM",
+]

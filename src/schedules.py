@@ -1,0 +1,149 @@
+"""Schedules as pure functions: learning rate, plateau cuts, teacher forcing, alignment.
+
+Everything here is a function of numbers (step, epoch, metrics) and a small
+plain-data state, so a checkpoint stores the state as a dict and a resumed run
+computes exactly the same values.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+# --------------------------------------------------------------------------
+# Learning rate
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup: (step + 1) / warmup_steps, reaching 1 after ``warmup_steps`` steps."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+              time_fraction: float = 0.0) -> float:
+    """Warmup, then cosine from ``base_lr`` to ``min_lr``.
+
+    Progress after warmup is the larger of the step fraction and
+    ``time_fraction`` (the share of a wall-clock budget used, 0 without one),
+    so a budgeted run ends annealed whatever its epoch count.
+    """
+    if step < warmup_steps:
+        return base_lr * warmup_factor(step, warmup_steps)
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max((step - warmup_steps) / span, time_fraction))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class PlateauState:
+    """Reduce-on-plateau bookkeeping: the lr is base_lr * scale (after warmup)."""
+
+    best: float = math.inf
+    bad_epochs: int = 0
+    scale: float = 1.0
+
+
+def plateau_update(state: PlateauState, metric: float, *, factor: float, patience: int) -> PlateauState:
+    """After an epoch with dev ``metric`` (lower is better): cut ``scale`` by ``factor``
+    once ``patience`` epochs in a row brought no improvement."""
+    if metric < state.best:
+        return PlateauState(best=metric, bad_epochs=0, scale=state.scale)
+    bad = state.bad_epochs + 1
+    if bad > patience:
+        return PlateauState(best=state.best, bad_epochs=0, scale=state.scale * factor)
+    return PlateauState(best=state.best, bad_epochs=bad, scale=state.scale)
+
+
+def plateau_lr(step: int, state: PlateauState, *, base_lr: float, min_lr: float, warmup_steps: int) -> float:
+    return max(min_lr, base_lr * state.scale) * warmup_factor(step, warmup_steps)
+
+
+# --------------------------------------------------------------------------
+# Teacher forcing
+
+
+@dataclass
+class TeacherForcingState:
+    """rate: the teacher forcing rate of the coming epoch; triggered: the decay
+    has started (latched); stage: index into TeacherForcingConfig.stages."""
+
+    rate: float = 1.0
+    triggered: bool = False
+    stage: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def teacher_forcing_triggered(tf_cfg, *, epoch: int, alignment: float, dev_cer: float) -> bool:
+    """Whether the decay condition holds after (0-based) ``epoch``.
+
+    epoch:     epoch >= trigger_epoch
+    aligned:   dev attention diagonality (:func:`attention_diagonality`) >= trigger_alignment
+    dev_error: greedy dev CER < trigger_dev_cer
+    """
+    if tf_cfg.trigger == "epoch":
+        return epoch >= tf_cfg.trigger_epoch
+    if tf_cfg.trigger == "aligned":
+        return alignment >= tf_cfg.trigger_alignment
+    if tf_cfg.trigger == "dev_error":
+        return dev_cer < tf_cfg.trigger_dev_cer
+    raise ValueError(f"unknown teacher forcing trigger {tf_cfg.trigger!r}")
+
+
+def next_teacher_forcing(state: TeacherForcingState, tf_cfg, *, epoch: int, alignment: float,
+                         dev_cer: float) -> TeacherForcingState:
+    """The state for the epoch after ``epoch``.
+
+    Once triggered (and from then on, whatever the metrics do), each epoch
+    multiplies the rate by the current stage's factor, never going below that
+    stage's floor; a stage whose floor is reached hands over to the next one.
+    After the last stage the rate stays at its floor.
+    """
+    triggered = state.triggered or teacher_forcing_triggered(
+        tf_cfg, epoch=epoch, alignment=alignment, dev_cer=dev_cer
+    )
+    if not triggered:
+        return TeacherForcingState(rate=state.rate, triggered=False, stage=state.stage)
+    rate, stage = state.rate, state.stage
+    stages = tf_cfg.stages
+    while stage < len(stages) and rate <= float(stages[stage][1]):
+        stage += 1  # this stage's floor is already reached
+    if stage < len(stages):
+        factor, floor = float(stages[stage][0]), float(stages[stage][1])
+        rate = max(floor, rate * factor)
+    return TeacherForcingState(rate=rate, triggered=True, stage=stage)
+
+
+# --------------------------------------------------------------------------
+# Alignment
+
+
+def attention_diagonality(attn: torch.Tensor, out_lens: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
+    """How diagonal each attention map is: (B,) in [-1, 1].
+
+    attn (B, U, T') teacher-forced attention weights; out_lens (B,) the real
+    output steps of each row; enc_lens (B,) its listener frames. For each
+    utterance: the Pearson correlation between the output step u and the frame
+    the attention peaks on (argmax_t attn[u, t]) over its real steps. Near-
+    uniform or stuck attention scores about 0, attention that jumps back and
+    forth (the "THE SAME THE SAME" loops of a LAS that has not aligned) scores
+    low, a monotonic path from the first to the last frame scores close to 1.
+    Rows with fewer than 3 steps, or whose peak never moves, score 0.
+    """
+    scores = torch.zeros(attn.size(0), dtype=torch.float64)
+    peaks = attn.float().argmax(dim=2).cpu().double()  # (B, U)
+    for b in range(attn.size(0)):
+        n = int(out_lens[b])
+        if n < 3 or int(enc_lens[b]) < 2:
+            continue
+        y = peaks[b, :n]
+        x = torch.arange(n, dtype=torch.float64)
+        xc, yc = x - x.mean(), y - y.mean()
+        denom = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
+        if denom > 0:
+            scores[b] = float((xc * yc).sum()) / denom
+    return scores

@@ -1,0 +1,145 @@
+"""src.data.synth: layout, determinism, disjoint dev/test voices and sentences, the bundled sample."""
+import csv
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.data import synth
+from src.data.features import log_mel
+from src.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+NAME = re.compile(r"^\d+-\d+-\d{4}$")
+ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
+TINY = {"train-clean-100": 4, "dev-clean": 1, "test-clean": 1}
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+needs_fortunes = pytest.mark.skipif(not synth.FORTUNES_DIR.is_dir(), reason="fortunes are not installed")
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    if not synth.FORTUNES_DIR.is_dir():
+        pytest.skip("fortunes are not installed")
+    return synth.load_sentences()
+
+
+@needs_espeak
+@needs_fortunes
+def test_tiny_corpus_layout_and_byte_identical_for_a_seed(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    totals = synth.synthesize_corpus(a, TINY, seed=5, workers=1, progress=False)
+    synth.synthesize_corpus(b, TINY, seed=5, workers=1, progress=False)
+    synth.synthesize_corpus(c, TINY, seed=6, workers=1, progress=False)
+    assert {s: n for s, (n, _) in totals.items()} == TINY
+    fa, fb = files(a), files(b)
+    assert fa == fb  # same seed: byte-identical features, transcripts and metadata
+    assert fa != files(c)
+    for split, n in TINY.items():
+        feats = sorted((a / split / "mfcc").glob("*.npy"))
+        assert len(feats) == n
+        for path in feats:
+            assert NAME.match(path.stem), path.name
+            x = np.load(path)
+            assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == 28 and np.isfinite(x).all()
+            if split == "test-clean":
+                assert not (a / split / "transcripts").exists()
+                continue
+            tokens = np.load(a / split / "transcripts" / path.name)
+            assert tokens.ndim == 1 and tokens[0] == "<sos>" and tokens[-1] == "<eos>"
+            assert all(len(t) == 1 and t in ALPHABET for t in tokens[1:-1])
+    assert not list(a.rglob("*.tmp"))
+    with pytest.raises(UserError, match="already has files"):
+        synth.synthesize_corpus(a, TINY, seed=5, workers=1, progress=False)
+
+
+@needs_espeak
+@needs_fortunes
+def test_features_are_log_mel_of_the_spoken_wave_and_float16_option(tmp_path, sentences):
+    jobs = synth.plan_corpus({"train-clean-100": 1}, seed=3, sentences=sentences)
+    synth.synthesize_corpus(tmp_path, {"train-clean-100": 1}, seed=3, workers=1, dtype="float16", progress=False)
+    wave, sr = synth.speak(jobs[0])
+    stored = np.load(tmp_path / "train-clean-100" / "mfcc" / f"{jobs[0].name}.npy")
+    assert stored.dtype == np.float16
+    np.testing.assert_array_equal(stored, log_mel(wave, sr).astype(np.float16))
+    tokens = np.load(tmp_path / "train-clean-100" / "transcripts" / f"{jobs[0].name}.npy")
+    assert "".join(tokens[1:-1]) == jobs[0].text
+
+
+@needs_espeak
+def test_plan_keeps_dev_and_test_voices_and_sentences_out_of_training(sentences):
+    counts = dict(synth.PRESETS["sample"]["counts"])
+    jobs = synth.plan_corpus(counts, seed=11, sentences=sentences)
+    assert jobs == synth.plan_corpus(counts, seed=11, sentences=sentences)  # pure function of the seed
+    by_split = {s: [j for j in jobs if j.split == s] for s in counts}
+    assert {s: len(js) for s, js in by_split.items()} == counts
+    names = [j.name for j in jobs]
+    assert len(set(names)) == len(names) and all(NAME.match(n) for n in names)
+    train = by_split["train-clean-100"] + by_split["train-clean-360"]
+    train_combos = {j.speaker.combo for j in train}
+    train_texts = {j.text for j in train}
+    for split in ("dev-clean", "test-clean"):
+        assert not train_combos & {j.speaker.combo for j in by_split[split]}, split
+        assert not train_texts & {j.text for j in by_split[split]}, split
+    assert not {j.speaker.combo for j in by_split["dev-clean"]} & {j.speaker.combo for j in by_split["test-clean"]}
+    speakers = {j.speaker for j in jobs}
+    assert len({s.speaker_id for s in speakers}) == len(speakers)
+    for s in speakers:
+        assert 130 <= s.speed <= 200 and 20 <= s.pitch <= 80
+        assert str(s.speaker_id) == next(j.name for j in jobs if j.speaker == s).split("-")[0]
+
+
+def test_sentence_filter_keeps_plain_sentences_only():
+    assert synth._speakable("If you fall in a pond, check your pockets for fish.") == (
+        "IF YOU FALL IN A POND CHECK YOUR POCKETS FOR FISH", "if you fall in a pond, check your pockets for fish.")
+    for bad in ["Call 911 now, please.", "The IBM manual is long.", "Dr. Who is here today.",
+                "Go.", "no capital letter here.", "No full stop here", "A: The elephants are coming.",
+                "word " * 30 + "end."]:
+        assert synth._speakable(bad) is None, bad
+
+
+def test_noise_has_the_requested_snr():
+    rng = np.random.default_rng(0)
+    wave = np.sin(np.linspace(0, 2000, 200_000)).astype(np.float32)
+    noisy = synth.add_noise(wave, 10.0, rng)
+    snr = 10 * np.log10(np.mean(wave.astype(np.float64) ** 2) / np.mean((noisy - wave).astype(np.float64) ** 2))
+    assert abs(snr - 10.0) < 0.1
+
+
+def test_cli_rejects_bad_counts(tmp_path):
+    with pytest.raises(UserError, match="unknown split"):
+        synth.main([str(tmp_path), "--counts", "train-clean-999=3"])
+    with pytest.raises(UserError, match="SPLIT=N"):
+        synth.main([str(tmp_path), "--counts", "dev-clean"])
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="data/sample is not generated")
+def test_bundled_sample_matches_its_preset():
+    counts = synth.PRESETS["sample"]["counts"]
+    for split, n in counts.items():
+        feats = sorted((SAMPLE / split / "mfcc").glob("*.npy"))
+        assert len(feats) == n, split
+        assert np.load(feats[0]).dtype == np.float16
+        if split == "test-clean":
+            assert not (SAMPLE / split / "transcripts").exists()
+        else:
+            assert sorted(p.name for p in (SAMPLE / split / "transcripts").glob("*.npy")) == [p.name for p in feats]
+    with open(SAMPLE / "speakers.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    combos = {}
+    for row in rows:
+        combos.setdefault(row["split"], set()).add((row["engine"], row["voice"], row["variant"]))
+    train = combos["train-clean-100"] | combos["train-clean-360"]
+    assert not train & combos["dev-clean"] and not train & combos["test-clean"]
+    with open(SAMPLE / "test_reference.csv") as f:
+        ref = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in ref] == list(range(counts["test-clean"]))
+    assert all(set(r["label"]) <= ALPHABET for r in ref)

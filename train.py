@@ -1,0 +1,26 @@
+"""Train a model: ``python train.py [--config config.yaml] [key=value ...]``.
+
+Multi-GPU: ``torchrun --nproc_per_node=N train.py ...`` (DistributedDataParallel).
+Everything lives in src/training.py; see README.md for the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+
+from src.config import add_config_args, load_config
+from src.errors import run_cli
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Train Listen, Attend and Spell (resumes from run_dir/last.pt).")
+    add_config_args(parser)
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    from src.training import train  # after parsing: --help stays fast
+
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
