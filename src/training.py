@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import random
+import secrets
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -258,8 +259,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, label_smoothing:
     model.train(was_training)
     if n:
         result.loss = loss_sum / n
+        threads = torch.get_num_threads()
         result.lev = mean_levenshtein(hyps, refs)
         result.cer = cer(hyps, refs)
+        torch.set_num_threads(threads)  # numba's OpenMP layer resets torch's thread count
         result.alignment = float(torch.cat(diag).mean())
         result.utterances = n
     return result
@@ -308,8 +311,8 @@ class RunLog:
         try:
             import wandb
 
-            if self.wandb_id is None:
-                self.wandb_id = wandb.util.generate_id()
+            if self.wandb_id is None:  # kept in train_state: a resumed run continues the same wandb run
+                self.wandb_id = secrets.token_hex(4)  # os.urandom: leaves the seeded RNGs alone
             self.wandb = wandb.init(
                 project=cfg.logging.wandb_project,
                 dir=str(run_dir),

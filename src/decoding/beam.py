@@ -14,9 +14,11 @@ every unfinished utterance (rows flattened to (B*K,)), then:
    the moment it is chosen;
 4. ``model.reorder_state`` (and the CTC state) follow the chosen beams.
 
-An utterance is done when its pool holds K hypotheses. Hypotheses that reach
-the utterance's length limit may only take <eos> next (with its real
-probability), so every pooled hypothesis is scored alike. Done utterances leave
+An utterance is done when its pool holds K hypotheses (fairseq's and
+whisper's rule; with K = 1 this is exactly greedy decoding, whatever the
+length penalty). Hypotheses that reach the utterance's length limit may only
+take <eos> next, with its real probability, so every pooled hypothesis is
+scored alike. Done utterances leave
 the batch (``Encoded.index_select``), and the search stops when all are done.
 The answer is the pooled hypothesis with the best ``score / length **
 length_penalty`` (length = characters + 1 for the <eos>); length_penalty 0
@@ -76,18 +78,18 @@ def beam_search(
     if n_utt == 0:
         return []
     device = lens.device
-    limits = max_lens.to(device).long()  # (B_live,)
+    limits = max_lens.cpu().long()  # (B_live,) on the host: step control needs no device sync
     steps = int(limits.max().item())
 
-    utt = torch.arange(n_utt, device=device)  # original utterance of each live utterance (B_live,)
-    rows = utt.repeat_interleave(k)  # (B,) -> (B*K,): K rows per utterance
+    utt = torch.arange(n_utt)  # (B_live,) original utterance of each live one, on the host
+    rows = torch.arange(n_utt, device=device).repeat_interleave(k)  # (B,) -> (B*K,): K rows per utterance
     enc = encoded.index_select(rows)  # every tensor (B, ...) -> (B*K, ...)
     state = model.init_state(enc)
     scores = torch.full((n_utt, k), -math.inf, device=device)  # (B, K) total score per beam
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step has no duplicates
     tokens = torch.full((n_utt * k,), SOS, dtype=torch.long, device=device)  # (B*K,)
     seqs = torch.zeros((n_utt * k, steps + 1), dtype=torch.long, device=device)  # (B*K, U)
-    n_finished = torch.zeros(n_utt, dtype=torch.long, device=device)  # (B_live,)
+    n_finished = torch.zeros(n_utt, dtype=torch.long)  # (B_live,) on the host
     pools: list[list[Hypothesis]] = [[] for _ in range(n_utt)]
 
     ctc = None
@@ -99,7 +101,7 @@ def beam_search(
         ctc = CTCPrefixScorer(enc.ctc_log_probs, ctc_lens)
 
     for t in range(steps + 1):  # t: characters in every live hypothesis
-        n_live = utt.shape[0]
+        n_live = int(utt.shape[0])
         logits, state, _ = model.step(tokens, state, enc)
         logp = next_token_log_probs(logits)  # (B_live*K, V)
         if ctc is not None:
@@ -109,7 +111,7 @@ def beam_search(
         vocab = logp.shape[1]
         at_limit = limits <= t  # (B_live,) no room for another character: <eos> only
         if bool(at_limit.any()):
-            forced = at_limit.repeat_interleave(k)  # (B_live,) -> (B_live*K,)
+            forced = at_limit.to(device).repeat_interleave(k)  # (B_live,) -> (B_live*K,)
             logp[forced] = torch.where(torch.arange(vocab, device=device) == EOS, logp[forced], -math.inf)
         cand = (scores.reshape(-1, 1) + logp).reshape(n_live, k * vocab)  # (B_live*K, V) -> (B_live, K*V)
         top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B_live, 2K), best first
@@ -124,10 +126,9 @@ def beam_search(
         new_scores = top_scores.gather(1, chosen)  # (B_live, K)
         new_beam = top_beam.gather(1, chosen)
         new_tok = top_tok.gather(1, chosen)
-        n_finished = n_finished + takes_eos.sum(dim=1)
-        done = (n_finished >= k) | at_limit  # (B_live,)
-
-        takes_eos_cpu = takes_eos.cpu()
+        takes_eos_cpu = takes_eos.cpu()  # the one host transfer per step
+        n_finished = n_finished + takes_eos_cpu.sum(dim=1)
+        done = (n_finished >= k) | at_limit  # (B_live,); at the limit every beam takes <eos>
         if bool(takes_eos_cpu.any()):  # pool the hypotheses that just ended with <eos>
             u_idx, pos = takes_eos_cpu.nonzero(as_tuple=True)
             src_rows = (u_idx.to(device) * k + top_beam[u_idx, pos]).long()
@@ -140,17 +141,16 @@ def beam_search(
         src = (torch.arange(n_live, device=device)[:, None] * k + new_beam).reshape(-1)  # (B_live*K,)
         seqs = seqs[src]
         seqs[:, t] = new_tok.reshape(-1)
-        done_cpu = done.cpu()
-        if bool(done_cpu.all()):
+        if bool(done.all()):
             break
-        keep_utt = None
-        if bool(done_cpu.any()):  # done utterances leave the batch
-            keep_utt = (~done).nonzero().squeeze(1)  # (B_live',)
+        if bool(done.any()):  # done utterances leave the batch
+            keep_cpu = (~done).nonzero().squeeze(1)  # (B_live',)
+            keep_utt = keep_cpu.to(device)
             keep_rows = (keep_utt[:, None] * k + torch.arange(k, device=device)).reshape(-1)  # (B_live'*K,)
             src = src.reshape(n_live, k)[keep_utt].reshape(-1)
             seqs = seqs[keep_rows]
             new_scores, new_tok = new_scores[keep_utt], new_tok[keep_utt]
-            utt, limits, n_finished = utt[keep_utt], limits[keep_utt], n_finished[keep_utt]
+            utt, limits, n_finished = utt[keep_cpu], limits[keep_cpu], n_finished[keep_cpu]
             enc = enc.index_select(keep_rows)
         state = model.reorder_state(state, src)
         if ctc is not None:

@@ -41,10 +41,9 @@ def max_output_lengths(encoded_lens: torch.Tensor, ratio: float = 2.0, minimum: 
 
 def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """logits (N, V) -> log-probabilities (N, V) float32 with <pad> and <sos> at -inf."""
-    logits = logits.float().clone()
-    logits[:, PAD] = -math.inf
-    logits[:, SOS] = -math.inf
-    return torch.log_softmax(logits, dim=-1)
+    mask = torch.zeros(logits.shape[-1], device=logits.device)
+    mask[PAD] = mask[SOS] = -math.inf
+    return torch.log_softmax(logits.float() + mask, dim=-1)
 
 
 def _strip(row: list[int]) -> list[int]:

@@ -1,0 +1,105 @@
+"""Resume: 2 epochs straight == 1 epoch + resume + 1 epoch, and a mid-epoch Ctrl-C + resume, bit for bit."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.config import load_config
+
+WORDS = ["CAT", "DOG", "BIRD", "FISH", "A", "THE", "RED", "BLUE", "SEES", "ONE"]
+
+
+def make_corpus(root: Path, n_train: int = 16, n_dev: int = 4, n_mels: int = 28, seed: int = 0) -> Path:
+    """A tiny corpus in the competition layout: a toy 'voice' renders each character as 3-5 noisy frames."""
+    from src.vocab import SPECIALS, VOCAB
+
+    rng = np.random.default_rng(seed)
+    protos = rng.normal(size=(len(VOCAB), n_mels)).astype(np.float32)
+    for split, n in (("train-clean-100", n_train), ("dev-clean", n_dev)):
+        (root / split / "mfcc").mkdir(parents=True, exist_ok=True)
+        (root / split / "transcripts").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
+            frames = [np.repeat(protos[VOCAB.index(c)][None], int(rng.integers(3, 6)), 0) for c in text]
+            x = np.concatenate(frames) + 0.1 * rng.normal(size=(sum(map(len, frames)), n_mels))
+            name = f"{split}-{i:04d}.npy"
+            np.save(root / split / "mfcc" / name, x.astype(np.float32))
+            np.save(root / split / "transcripts" / name, np.array([SPECIALS[1], *text, SPECIALS[2]]))
+    return root
+
+
+def tiny_config(data_root: Path, run_dir: Path, *extra: str):
+    return load_config(None, [
+        f"data.root={data_root}", f"logging.run_dir={run_dir}", "logging.wandb=disabled",
+        "data.num_workers=0", "data.max_utterances_per_batch=4", "data.check=false",
+        "model.conv_channels=8", "model.listener_hidden=8", "model.attention_dim=8", "model.embedding_dim=8",
+        "model.speller_hidden=16", "model.locked_dropout=0.2", "model.speller_dropout=0.2",
+        "training.epochs=2", "training.device=cpu", "training.warmup_steps=2", "training.lr=3e-3",
+        "training.teacher_forcing.trigger=epoch", "training.teacher_forcing.stages=[[0.5, 0.2]]",
+        "training.specaugment.start_epoch=1", "training.specaugment.freq_mask=3",
+        "training.specaugment.time_mask=4", *extra,
+    ])
+
+
+def final_weights(cfg):
+    from src.training import train
+
+    run = train(cfg)
+    return {k: v.clone() for k, v in run.core.state_dict().items()}, run
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_two_epochs_equal_one_plus_resume_plus_one(corpus, tmp_path):
+    # plateau: the lr does not depend on the planned number of epochs
+    straight, run = final_weights(tiny_config(corpus, tmp_path / "a", "training.scheduler=plateau"))
+    assert run.state.epoch == 2 and run.state.teacher_forcing["rate"] == 0.25  # 1 -> 0.5 -> 0.25 (decayed twice)
+    final_weights(tiny_config(corpus, tmp_path / "b", "training.scheduler=plateau", "training.epochs=1"))
+    resumed, run_b = final_weights(tiny_config(corpus, tmp_path / "b", "training.scheduler=plateau"))
+    assert run_b.state.epoch == 2
+    assert_same_weights(straight, resumed)
+    for name in ("last.pt", "best.pt", "config.yaml", "train.log"):
+        assert (tmp_path / "b" / name).is_file()
+    assert "resumed from" in (tmp_path / "b" / "train.log").read_text()
+
+
+def test_ctrl_c_mid_epoch_then_resume_is_identical(corpus, tmp_path, monkeypatch):
+    import src.training as training
+
+    straight, _ = final_weights(tiny_config(corpus, tmp_path / "a"))  # cosine schedule
+
+    real = training.shared_elapsed_minutes
+    calls = {"n": 0}
+
+    def interrupt_at_sixth_batch(run):  # called once at the start of every training batch
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, batch 2 (4 batches per epoch)
+            raise KeyboardInterrupt
+        return real(run)
+
+    monkeypatch.setattr(training, "shared_elapsed_minutes", interrupt_at_sixth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_config(corpus, tmp_path / "b"))
+    monkeypatch.setattr(training, "shared_elapsed_minutes", real)
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["batch"]) == (1, 1)
+    resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b"))
+    assert_same_weights(straight, resumed)
+
+
+def test_time_budget_stops_with_a_checkpoint(corpus, tmp_path):
+    cfg = tiny_config(corpus, tmp_path / "c", "training.max_minutes=0.000001")
+    _, run = final_weights(cfg)
+    ckpt = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
+    assert ckpt["train_state"]["global_step"] == 0 and not run.state.finished
+    assert "time budget" in (tmp_path / "c" / "train.log").read_text()

@@ -1,0 +1,119 @@
+"""Submission writing and checking, and test.py end to end on the bundled sample."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.checkpoint import save_checkpoint
+from src.config import Config, ModelConfig, to_dict
+from src.errors import UserError
+from src.inference import check_submission, main, write_submission
+from src.metrics import levenshtein
+from src.models import build_model
+from src.vocab import VOCAB
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+
+def test_write_then_check_round_trip(tmp_path):
+    labels = ["HELLO WORLD", "", "IT'S A TEST", "A"]
+    path = write_submission(tmp_path / "sub" / "submission.csv", labels)
+    assert check_submission(path, n_expected=4) == 4
+    assert not list(path.parent.glob("*.tmp"))
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["index", "label"]] + [[str(i), s] for i, s in enumerate(labels)]
+
+
+@pytest.mark.parametrize(
+    "text,expected,message",
+    [
+        ("", None, "missing or empty"),
+        ("id,label\n0,A\n", None, "index,label"),
+        ("index,label\n0,A\n1,B\n", 3, "2 rows"),
+        ("index,label\n0,A\n2,B\n", None, "out of order"),
+        ("index,label\n0,hello\n", None, "not allowed"),
+        ("index,label\n0,A,B\n", None, "2 columns"),
+        ("index,label\n0,<eos>\n", None, "not allowed"),
+    ],
+)
+def test_check_rejects_bad_files(tmp_path, text, expected, message):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        check_submission(path, n_expected=expected)
+
+
+def tiny_checkpoint(path: Path, n_mels: int = 28, vocab=None) -> Path:
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(conv_channels=8, listener_hidden=8, listener_layers=2, attention_dim=8,
+                            embedding_dim=8, speller_hidden=8)
+    vocab = list(VOCAB) if vocab is None else vocab
+    model = build_model(model_cfg, n_mels, len(vocab))
+    save_checkpoint(path, dict(model=model.state_dict(), model_config=dataclasses.asdict(model_cfg),
+                               n_mels=n_mels, vocab=vocab, config=to_dict(Config())))
+    return path
+
+
+def run_main(tmp_path, *extra):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  root: {SAMPLE}\n  num_workers: 0\n")
+    return main(["--config", str(config), "--device", "cpu", *extra,
+                 "decoding.max_length_ratio=0.3", "decoding.max_length_min=2"])
+
+
+needs_sample = pytest.mark.skipif(not (SAMPLE / "test-clean").is_dir(), reason="bundled sample missing")
+
+
+@needs_sample
+def test_test_py_writes_a_checked_submission(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "run" / "best.pt")
+    out = tmp_path / "submission.csv"
+    assert run_main(tmp_path, "--checkpoint", str(ckpt), "--output", str(out), "decoding.method=greedy") == 0
+    n_files = len(os.listdir(SAMPLE / "test-clean" / "mfcc"))
+    assert check_submission(out, n_expected=n_files) == n_files
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"wrote {out}: {n_files} rows")
+
+
+@needs_sample
+def test_test_py_scores_a_split_worst_first(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "run" / "best.pt")
+    assert run_main(tmp_path, "--checkpoint", str(ckpt), "--split", "dev-clean", "decoding.beam_size=2") == 0
+    scores = tmp_path / "run" / "scores_dev-clean.tsv"
+    with open(scores, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == len(os.listdir(SAMPLE / "dev-clean" / "mfcc"))
+    distances = [int(r["distance"]) for r in rows]
+    assert distances == sorted(distances, reverse=True)
+    for r in rows:
+        assert levenshtein(r["hypothesis"], r["reference"]) == int(r["distance"])
+    mean = sum(distances) / len(distances)
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"mean Levenshtein {mean:.3f}" in summary and str(scores) in summary
+
+
+@needs_sample
+@pytest.mark.parametrize("kind", ["n_mels", "vocab"])
+def test_checkpoint_that_does_not_fit_the_data_fails_in_one_line(tmp_path, kind):
+    if kind == "n_mels":
+        ckpt = tiny_checkpoint(tmp_path / "best.pt", n_mels=40)
+        match = "expects 40-dimensional features"
+    else:
+        ckpt = tiny_checkpoint(tmp_path / "best.pt", vocab=list(VOCAB) + ["<blank>"])
+        match = "vocabulary"
+    with pytest.raises(UserError, match=match) as err:
+        run_main(tmp_path, "--checkpoint", str(ckpt), "--output", str(tmp_path / "s.csv"))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        run_main(tmp_path, "--checkpoint", str(tmp_path / "nope.pt"))

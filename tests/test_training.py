@@ -1,0 +1,199 @@
+"""Training pieces: schedules, teacher forcing stages, alignment score, losses, NaN skip, OOM advice, train.py."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.config import TeacherForcingConfig
+from src.errors import UserError
+from src.schedules import (
+    PlateauState,
+    TeacherForcingState,
+    attention_diagonality,
+    cosine_lr,
+    next_teacher_forcing,
+    plateau_update,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------
+# Schedules
+
+
+def test_cosine_lr_known_points():
+    kw = dict(base_lr=1.0, min_lr=0.0, warmup_steps=10, total_steps=110)
+    assert cosine_lr(0, **kw) == pytest.approx(0.1)
+    assert cosine_lr(9, **kw) == pytest.approx(1.0)
+    assert cosine_lr(10, **kw) == pytest.approx(1.0)
+    assert cosine_lr(60, **kw) == pytest.approx(0.5)  # half way: cos(pi/2)
+    assert cosine_lr(110, **kw) == pytest.approx(0.0)
+    assert cosine_lr(500, **kw) == pytest.approx(0.0)
+    assert cosine_lr(20, **kw, time_fraction=0.5) == pytest.approx(0.5)  # the budget runs ahead of the steps
+
+
+def test_plateau_cuts_after_patience():
+    s = PlateauState()
+    metrics = [10, 9, 9.5, 9.2, 9.1, 8.0, 8.5]
+    scales = []
+    for m in metrics:
+        s = plateau_update(s, m, factor=0.5, patience=2)
+        scales.append(s.scale)
+    assert scales == [1, 1, 1, 1, 0.5, 0.5, 0.5]
+
+
+def test_teacher_forcing_stages_by_brute_force():
+    cfg = TeacherForcingConfig(trigger="epoch", trigger_epoch=2, stages=[[0.9, 0.6], [0.5, 0.2]])
+    state = TeacherForcingState(rate=1.0)
+    rates = []
+    for epoch in range(12):
+        state = next_teacher_forcing(state, cfg, epoch=epoch, alignment=0.0, dev_cer=1.0)
+        rates.append(round(state.rate, 6))
+    expected, r = [], 1.0
+    for epoch in range(12):  # the rule by hand: x0.9 down to 0.6, then x0.5 down to 0.2
+        if epoch >= 2:
+            r = max(0.6, r * 0.9) if r > 0.6 else max(0.2, r * 0.5)
+        expected.append(round(r, 6))
+    assert rates == expected
+    assert rates[:2] == [1.0, 1.0] and rates[-1] == 0.2
+
+
+@pytest.mark.parametrize("trigger,kw,fires", [
+    ("aligned", dict(alignment=0.95, dev_cer=1.0), True),
+    ("aligned", dict(alignment=0.5, dev_cer=0.0), False),
+    ("dev_error", dict(alignment=0.0, dev_cer=0.3), True),
+    ("dev_error", dict(alignment=1.0, dev_cer=0.7), False),
+])
+def test_teacher_forcing_triggers_latch(trigger, kw, fires):
+    cfg = TeacherForcingConfig(trigger=trigger, trigger_alignment=0.9, trigger_dev_cer=0.5, stages=[[0.5, 0.1]])
+    state = next_teacher_forcing(TeacherForcingState(), cfg, epoch=0, **kw)
+    assert state.triggered is fires and state.rate == (0.5 if fires else 1.0)
+    if fires:  # latched: keeps decaying whatever the metrics do next
+        state = next_teacher_forcing(state, cfg, epoch=1, alignment=0.0, dev_cer=1.0)
+        assert state.rate == 0.25
+
+
+def test_attention_diagonality():
+    U, T = 12, 6
+    diag = torch.zeros(1, U, T)
+    for u in range(U):
+        diag[0, u, u * T // U] = 1.0
+    uniform = torch.full((1, U, T), 1.0 / T)
+    backwards = diag.flip(2)
+    attn = torch.cat([diag, uniform, backwards])
+    scores = attention_diagonality(attn, torch.tensor([U, U, U]), torch.tensor([T, T, T]))
+    assert scores[0] == pytest.approx(0.98, abs=0.02) and scores[1] == 0 and scores[2] < -0.95
+    # only the real steps count: garbage beyond out_lens is ignored
+    attn[0, 8:] = backwards[0, 8:]
+    assert attention_diagonality(attn[:1], torch.tensor([8]), torch.tensor([T]))[0] > 0.9
+
+
+# --------------------------------------------------------------------------
+# Loss, NaN skip, OOM advice (tiny corpus from test_resume)
+
+
+def _batch_and_model():
+    from test_model import tiny_las
+
+    from src.data.dataset import Batch
+    from src.vocab import EOS, SOS, encode
+
+    texts = ["CAT", "A DOG"]
+    rows = [[SOS] + encode(t) + [EOS] for t in texts]
+    tokens = torch.zeros(2, max(map(len, rows)), dtype=torch.long)
+    for b, r in enumerate(rows):
+        tokens[b, : len(r)] = torch.tensor(r)
+    batch = Batch(features=torch.randn(2, 40, 5), feature_lens=torch.tensor([40, 33]), tokens=tokens,
+                  token_lens=torch.tensor([len(r) for r in rows]), names=["a", "b"], indices=torch.tensor([0, 1]))
+    return batch, tiny_las(conv_stride=1, listener_layers=2, ctc_layer=1).eval()
+
+
+def test_compute_loss_combines_attention_and_ctc():
+    import torch.nn.functional as F
+
+    from src.training import compute_loss
+
+    batch, model = _batch_and_model()
+    loss, parts = compute_loss(model, batch, teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25)
+    logits, _, enc = model(batch.features, batch.feature_lens, batch.tokens[:, :-1])
+    att = sum(F.cross_entropy(logits[b, : n - 1], batch.tokens[b, 1:n], reduction="sum")
+              for b, n in enumerate(batch.token_lens.tolist())) / int((batch.token_lens - 1).sum())
+    ctc = sum(  # per utterance: CTC over its own frames, blank = PAD = 0, divided by its target length
+        F.ctc_loss(enc.ctc_log_probs[b : b + 1, : int(enc.ctc_lens[b])].transpose(0, 1),
+                   batch.tokens[b : b + 1, 1 : n - 1], enc.ctc_lens[b : b + 1], torch.tensor([n - 2]),
+                   blank=0, reduction="sum") / (n - 2)
+        for b, n in enumerate(batch.token_lens.tolist())) / 2
+    torch.testing.assert_close(loss, 0.75 * att + 0.25 * ctc)
+
+
+def _tiny_cfg(tmp_path, *extra):
+    from test_resume import make_corpus, tiny_config
+
+    return tiny_config(make_corpus(tmp_path / "corpus"), tmp_path / "run", "training.epochs=1", *extra)
+
+
+def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+    import src.training as training
+
+    real = training.compute_loss
+    calls = {"n": 0}
+
+    def nan_on_second(model, batch, **kw):
+        loss, parts = real(model, batch, **kw)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                loss = loss * float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(training, "compute_loss", nan_on_second)
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        run = training.train(_tiny_cfg(tmp_path))
+    assert run.state.nan_skips == 1 and run.state.global_step == 4
+    assert all(torch.isfinite(p).all() for p in run.core.parameters())
+
+
+def test_out_of_memory_becomes_advice(tmp_path, monkeypatch):
+    import src.training as training
+
+    run = training.setup_run(_tiny_cfg(tmp_path))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(training, "compute_loss", oom)
+    with pytest.raises(UserError, match="smaller data.max_frames_per_batch"):
+        training.probe_largest_batches(run)
+
+
+# --------------------------------------------------------------------------
+# python train.py end to end on the bundled sample
+
+
+def test_train_py_on_bundled_sample(tmp_path):
+    if not (ROOT / "data" / "sample" / "train-clean-360" / "mfcc").is_dir():
+        pytest.skip("bundled sample data/sample not built yet")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--config", str(ROOT / "config.yaml"), "data.root=data/sample",
+           "data.train_partition=train-clean-360", "data.num_workers=0", "training.epochs=1",
+           "training.dev_max_utterances=6", f"logging.run_dir={run_dir}", "logging.wandb=offline",
+           "model.conv_channels=16", "model.listener_hidden=16", "model.speller_hidden=32",
+           "model.attention_dim=16", "model.embedding_dim=16", "training.device=cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("last.pt", "best.pt", "config.yaml", "train.log", "attention/epoch_001.png"):
+        assert (run_dir / name).is_file(), name
+    assert "epoch 1/1" in proc.stdout and "dev loss" in proc.stdout
+    from src.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))  # rebuilt from the file alone
+    assert model.speller.hidden == 32
+    # a bad override is one line on stderr and exit code 2
+    bad = subprocess.run([sys.executable, "train.py", "--config", str(ROOT / "config.yaml"), "training.lrr=1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "training.lr" in bad.stderr
