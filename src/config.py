@@ -35,7 +35,7 @@ class DataConfig:
     n_mels: int = 28  # feature dimension D
     normalize: str = "utterance"  # none | utterance (zero mean, unit variance per bin)
     max_frames_per_batch: int = 60000  # cap on B * T (padded) per batch
-    max_utterances_per_batch: int = 64  # cap on B
+    max_utterances_per_batch: int = 24  # cap on B (small batches: more updates on CPU; GPU: 64-128)
     num_workers: int = 2  # DataLoader workers; 0 loads in the main process
     in_memory: bool = False  # load every feature file into RAM at start
     check: bool = True  # validate the splits before training and testing
@@ -58,7 +58,7 @@ class TeacherForcingConfig:
 class SpecAugmentConfig:
     """torchaudio FrequencyMasking/TimeMasking on training batches (independent masks per utterance)."""
 
-    start_epoch: int = 2  # first epoch (0-based) with SpecAugment; -1 disables
+    start_epoch: int = 8  # first epoch (0-based) with SpecAugment (earlier slows a short run down); -1 disables
     freq_mask: int = 4  # max width of each frequency mask (bins)
     n_freq_masks: int = 2  # frequency masks per utterance
     time_mask: int = 40  # max width of each time mask (frames)
@@ -90,8 +90,9 @@ class TrainingConfig:
     """Optimisation, schedules, checkpoints (src/training.py)."""
 
     epochs: int = 30  # passes over the training partition
-    lr: float = 1.5e-3  # AdamW peak learning rate (after warmup)
+    lr: float = 3e-3  # AdamW peak learning rate (after warmup)
     weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    sortagrad_epochs: int = 1  # SortaGrad: this many first epochs go shortest utterances first (helps alignment)
     warmup_steps: int = 100  # linear warmup from 0 to lr, in optimizer steps
     scheduler: str = "cosine"  # cosine (per step, to min_lr at the last epoch) | plateau (on dev Levenshtein)
     anneal_by_time: bool = True  # cosine with max_minutes > 0: progress = max(step fraction, time fraction)
@@ -101,6 +102,9 @@ class TrainingConfig:
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     label_smoothing: float = 0.1  # on the attention cross-entropy (PAD ignored)
     ctc_weight: float = 0.3  # loss = (1 - w) * attention + w * CTC (needs model.ctc_head)
+    guided_attention: float = 0.5  # weight of the guided-attention loss (attention mass off the diagonal); 0 = off
+    guided_attention_sigma: float = 0.3  # width of the diagonal band, as a fraction of the utterance
+    guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment reaches trigger_alignment
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     amp: str = "auto"  # auto | bf16 | fp16 | none (CUDA only; CPU is always fp32); auto = bf16 if supported
@@ -223,6 +227,14 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+def _type_of(dotted: str) -> Any:
+    """The annotation of a dotted key, e.g. 'training.lr' -> float."""
+    typ: Any = Config
+    for part in dotted.split("."):
+        typ = _field_types(typ)[part]
+    return typ
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
     parts = dotted.split(".")
     node = tree
@@ -265,6 +277,9 @@ def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | 
     for key, value in parse_overrides(overrides or []):
         if key not in valid:
             raise _unknown_key(key, "command line")
+        typ = _type_of(key)
+        if not dataclasses.is_dataclass(typ):
+            value = _coerce(value, typ, key, "command line")
         _set_dotted(tree, key, value, "command line")
     cfg = _build(Config, tree, "", source)
     validate(cfg)
@@ -375,8 +390,31 @@ def render_yaml(cfg: Any, indent: int = 0) -> str:
     return "\n".join(lines).rstrip("\n") + ("\n" if indent == 0 else "")
 
 
-if __name__ == "__main__":  # python -m src.config > config.yaml
-    print("# Every setting of train.py and test.py. Override any of them on the command line:")
-    print("#   python train.py training.lr=3e-4 model.listener_hidden=128")
-    print("# Generated from src/config.py (python -m src.config > config.yaml); tests keep them in sync.\n")
-    print(render_yaml(Config()), end="")
+README_BEGIN, README_END = "<!-- config.yaml begins -->", "<!-- config.yaml ends -->"
+
+
+def update_readme(path: str | Path = "README.md") -> None:
+    """Replace the README's config block (between the markers) with the rendered defaults."""
+    p = Path(path)
+    text = p.read_text()
+    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    p.write_text(text[:start] + "\n```yaml\n" + render_yaml(Config()) + "```\n" + text[end:])
+
+
+def default_config_yaml() -> str:
+    return (
+        "# Every setting of train.py and test.py. Override any of them on the command line:\n"
+        "#   python train.py training.lr=3e-4 model.listener_hidden=128\n"
+        "# Generated from src/config.py (python -m src.config --write); tests keep them in sync.\n\n"
+        + render_yaml(Config())
+    )
+
+
+if __name__ == "__main__":  # python -m src.config --write: config.yaml and the README's config block
+    import sys
+
+    if "--write" in sys.argv:
+        Path("config.yaml").write_text(default_config_yaml())
+        update_readme("README.md")
+    else:
+        print(default_config_yaml(), end="")

@@ -40,7 +40,7 @@ from src.checkpoint import load_checkpoint, save_checkpoint
 from src.config import Config, dump_yaml, to_dict
 from src.errors import UserError
 from src.models import build_model, count_parameters
-from src.models.las import ctc_targets
+from src.models.las import ctc_targets, lengths_to_mask
 from src.schedules import (
     PlateauState,
     TeacherForcingState,
@@ -165,10 +165,13 @@ def compute_loss(
     label_smoothing: float,
     ctc_weight: float,
     features: torch.Tensor | None = None,
+    guided_attention: float = 0.0,
+    guided_sigma: float = 0.3,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """(1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC (blank = PAD, zero_infinity).
+    """(1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC (blank = PAD, zero_infinity),
+    plus ``guided_attention`` * :func:`guided_attention_loss` when that weight is above 0.
 
-    Returns the loss and parts: att, ctc (floats), logits (B, U, V), attn (B, U, T'), encoded.
+    Returns the loss and parts: att, ctc, ga (floats), logits (B, U, V), attn (B, U, T'), encoded.
     ``features`` replaces batch.features (e.g. after SpecAugment).
     """
     tokens, token_lens = batch.tokens, batch.token_lens
@@ -197,8 +200,39 @@ def compute_loss(
         )
         loss = (1.0 - ctc_weight) * att + ctc_weight * ctc  # weight 0 still touches the head (DDP)
         ctc_value = float(ctc.detach())
-    parts = {"att": float(att.detach()), "ctc": ctc_value, "logits": logits, "attn": attn, "encoded": encoded}
+    ga_value = 0.0
+    if guided_attention > 0.0:
+        ga = guided_attention_loss(attn, token_lens - 1, encoded.lens, sigma=guided_sigma)
+        loss = loss + guided_attention * ga
+        ga_value = float(ga.detach())
+    parts = {"att": float(att.detach()), "ctc": ctc_value, "ga": ga_value, "logits": logits, "attn": attn,
+             "encoded": encoded}
     return loss, parts
+
+
+def guided_attention_loss(attn: torch.Tensor, out_lens: torch.Tensor, enc_lens: torch.Tensor,
+                          sigma: float = 0.3) -> torch.Tensor:
+    """Attention mass away from the diagonal (Tachibana et al., 2017, "guided attention").
+
+    attn (B, U, T') weights, out_lens (B,) valid output steps, enc_lens (B,) valid
+    listener frames. The penalty of step u on frame t is
+    ``1 - exp(-(t / T'_b - u / U_b)^2 / (2 sigma^2))``: 0 on the diagonal of each
+    utterance's own (U_b, T'_b) rectangle, near 1 far from it. Returns the mean
+    over valid output steps of the penalised attention mass, in [0, 1]. Speech
+    is monotonic, so this prior only speeds up the alignment a LAS must find.
+    """
+    steps, frames = attn.size(1), attn.size(2)
+    u = torch.arange(steps, device=attn.device, dtype=torch.float32)  # (U,)
+    t = torch.arange(frames, device=attn.device, dtype=torch.float32)  # (T',)
+    u_pos = u.unsqueeze(0) / out_lens.clamp(min=1).unsqueeze(1).float()  # (B, U)
+    t_pos = t.unsqueeze(0) / enc_lens.clamp(min=1).unsqueeze(1).float()  # (B, T')
+    gap = t_pos.unsqueeze(1) - u_pos.unsqueeze(2)  # (B, 1, T') - (B, U, 1) -> (B, U, T')
+    penalty = 1.0 - torch.exp(-gap.pow(2) / (2.0 * sigma**2))  # (B, U, T')
+    step_mask = lengths_to_mask(out_lens, steps)  # (B, U)
+    frame_mask = lengths_to_mask(enc_lens, frames)  # (B, T')
+    mask = (step_mask.unsqueeze(2) & frame_mask.unsqueeze(1)).float()  # (B, U, T')
+    mass = (attn.float() * penalty * mask).sum(dim=2)  # (B, U, T') -> (B, U)
+    return (mass * step_mask.float()).sum() / step_mask.float().sum().clamp(min=1.0)
 
 
 # --------------------------------------------------------------------------
@@ -375,8 +409,10 @@ class TrainState:
     plateau: dict = field(default_factory=lambda: dataclasses.asdict(PlateauState()))
     best_dev_lev: float = math.inf
     nan_skips: int = 0
+    aligned: bool = False  # dev alignment has reached trigger_alignment once (ends guided attention)
     elapsed_minutes: float = 0.0  # training wall clock over all sessions of this run
-    epoch_sums: dict = field(default_factory=lambda: {"loss": 0.0, "att": 0.0, "ctc": 0.0, "utts": 0, "batches": 0})
+    epoch_sums: dict = field(default_factory=lambda: {"loss": 0.0, "att": 0.0, "ctc": 0.0, "ga": 0.0, "utts": 0,
+                                                      "batches": 0})
     wandb_id: str | None = None
     finished: bool = False
 
@@ -637,11 +673,14 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     from src.data.dataset import make_loader
 
     cfg, state, t = run.cfg, run.state, run.cfg.training
-    loader = make_loader(run.train_set, cfg.data, shuffle=True, seed=t.seed, epoch=epoch,
+    shuffle = epoch >= t.sortagrad_epochs  # SortaGrad: the first epochs go shortest first
+    loader = make_loader(run.train_set, cfg.data, shuffle=shuffle, seed=t.seed, epoch=epoch,
                          num_replicas=run.info.world_size, rank=run.info.rank, skip_batches=state.batch)
     n_utts = sum(len(b) for b in loader.batch_sampler)
     tf_rate = float(state.teacher_forcing["rate"])
     augment = run.specaugment is not None and epoch >= t.specaugment.start_epoch
+    # guided attention until the alignment trigger has fired (or for good with guided_attention_until_aligned off)
+    guided_weight = 0.0 if (t.guided_attention_until_aligned and state.aligned) else t.guided_attention
     run.model.train()
     bar = tqdm(total=n_utts, unit="utt", desc=f"epoch {epoch + 1}/{t.epochs}", disable=not run.info.is_main,
                leave=False, dynamic_ncols=True)
@@ -664,7 +703,8 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                 features = run.specaugment(batch.features) if augment else batch.features
                 loss, parts = compute_loss(run.model, batch, teacher_forcing_rate=tf_rate,
                                            label_smoothing=t.label_smoothing, ctc_weight=t.ctc_weight,
-                                           features=features)
+                                           features=features, guided_attention=guided_weight,
+                                           guided_sigma=t.guided_attention_sigma)
             if not dist_utils.all_true(bool(torch.isfinite(loss)), run.info, run.device):
                 state.nan_skips += 1
                 run.warn("nan", f"non-finite loss at step {state.global_step}: batch skipped "
@@ -682,6 +722,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
                 sums["loss"] += float(loss.detach()) * b
                 sums["att"] += parts["att"] * b
                 sums["ctc"] += parts["ctc"] * b
+                sums["ga"] = sums.get("ga", 0.0) + parts["ga"] * b
                 sums["utts"] += b
             state.global_step += 1
             state.batch += 1
@@ -710,7 +751,39 @@ def train_one_epoch(run: Run, epoch: int) -> dict[str, float]:
     seconds = time.monotonic() - start
     utts = max(1, sums["utts"])
     return {"train_loss": sums["loss"] / utts, "train_att": sums["att"] / utts, "train_ctc": sums["ctc"] / utts,
-            "utts_per_s": n_utts / max(seconds, 1e-9), "lr": lr, "teacher_forcing": tf_rate}
+            "train_ga": sums.get("ga", 0.0) / utts, "utts_per_s": n_utts / max(seconds, 1e-9), "lr": lr, "teacher_forcing": tf_rate}
+
+
+def evaluate_dev(run: Run) -> tuple[DevResult, dict[str, float]]:
+    """Score the dev set on rank 0; every rank gets the metrics."""
+    from src.data.dataset import make_loader
+
+    cfg, t = run.cfg, run.cfg.training
+    dev = DevResult()
+    if run.info.is_main:
+        loader = make_loader(run.dev_set, dataclasses.replace(cfg.data, num_workers=min(cfg.data.num_workers, 1)),
+                             shuffle=False, seed=0)
+        dev = evaluate(run.core, loader, run.device, label_smoothing=t.label_smoothing, ctc_weight=t.ctc_weight,
+                       max_length_ratio=0.25 * total_reduction(cfg.model), amp_dtype=run.amp_dtype)
+    return dev, dist_utils.broadcast_object(dev.metrics(), run.info)
+
+
+def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> None:
+    """The time budget ended mid-epoch: score dev once more, so that best.pt gets
+    the last weights when they are the best. ``rng``: the RNG state saved in
+    last.pt at the stop, kept so that a resume continues exactly from there."""
+    state = run.state
+    _, dev_metrics = evaluate_dev(run)
+    dev_lev = dev_metrics["dev_lev"]
+    improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
+    if improved:
+        state.best_dev_lev = dev_lev
+        metrics = {**dev_metrics, "epoch": state.epoch + state.batch / max(1, run.steps_per_epoch)}
+        save_last(run, metrics, rng=rng)  # same position and RNG, new best_dev_lev
+        if run.info.is_main:
+            save_checkpoint(run.run_dir / "best.pt", checkpoint_payload(run, metrics))
+    run.log.line(f"at the budget: dev lev {dev_lev:.2f} cer {dev_metrics['dev_cer']:.3f}"
+                 f"{'  *best*' if improved else ''}")
 
 
 def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, float]) -> None:
@@ -718,14 +791,9 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, float]) -> None:
     from src.data.dataset import make_loader
 
     cfg, state, t = run.cfg, run.state, run.cfg.training
-    dev = DevResult()
-    if run.info.is_main:
-        loader = make_loader(run.dev_set, dataclasses.replace(cfg.data, num_workers=min(cfg.data.num_workers, 1)),
-                             shuffle=False, seed=0)
-        dev = evaluate(run.core, loader, run.device, label_smoothing=t.label_smoothing, ctc_weight=t.ctc_weight,
-                       max_length_ratio=0.25 * total_reduction(cfg.model), amp_dtype=run.amp_dtype)
-    dev_metrics = dist_utils.broadcast_object(dev.metrics(), run.info)
+    dev, dev_metrics = evaluate_dev(run)
 
+    state.aligned = state.aligned or dev_metrics["dev_alignment"] >= t.teacher_forcing.trigger_alignment
     tf_before = state.teacher_forcing["rate"]
     state.teacher_forcing = next_teacher_forcing(
         TeacherForcingState(**state.teacher_forcing), t.teacher_forcing, epoch=epoch,
@@ -757,7 +825,7 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, float]) -> None:
         run.log.line(f"  dev sample  hyp: {dev.hypothesis}\n  dev sample  ref: {dev.reference}", console=False)
     run.log.line(
         f"epoch {epoch + 1}/{t.epochs}  train {train_metrics['train_loss']:.3f} "
-        f"(att {train_metrics['train_att']:.3f} ctc {train_metrics['train_ctc']:.3f})  "
+        f"(att {train_metrics['train_att']:.3f} ctc {train_metrics['train_ctc']:.3f} ga {train_metrics['train_ga']:.3f})  "
         f"dev loss {dev_metrics['dev_loss']:.3f} lev {dev_lev:.2f} cer {dev_metrics['dev_cer']:.3f} "
         f"align {dev_metrics['dev_alignment']:.2f}  tf {tf_before:.3f}->{state.teacher_forcing['rate']:.3f}  "
         f"lr {train_metrics['lr']:.2e}  {train_metrics['utts_per_s']:.1f} utt/s  "
@@ -795,6 +863,8 @@ def train(cfg: Config) -> Run:
     except StopTraining:
         run.log.line(f"time budget training.max_minutes={t.max_minutes} reached at epoch {state.epoch + 1}, "
                      f"batch {state.batch}: saved {run.run_dir / 'last.pt'}")
+        if state.batch > 0:  # weights trained since the last dev evaluation
+            evaluate_at_budget(run, rng_state())
     finally:
         if run.log is not None:
             run.log.finish()

@@ -103,3 +103,30 @@ def test_time_budget_stops_with_a_checkpoint(corpus, tmp_path):
     ckpt = torch.load(tmp_path / "c" / "last.pt", weights_only=False)
     assert ckpt["train_state"]["global_step"] == 0 and not run.state.finished
     assert "time budget" in (tmp_path / "c" / "train.log").read_text()
+
+
+def test_budget_mid_epoch_scores_dev_into_best_and_resumes_exactly(corpus, tmp_path, monkeypatch):
+    import src.training as training
+
+    no_time = "training.anneal_by_time=false"  # the schedule then depends on steps alone
+    straight, _ = final_weights(tiny_config(corpus, tmp_path / "a", no_time))
+
+    calls = {"n": 0}
+
+    def budget_gone_before_the_sixth_batch(run):
+        calls["n"] += 1
+        return 1e9 if calls["n"] == 6 else 0.0
+
+    monkeypatch.setattr(training, "shared_elapsed_minutes", budget_gone_before_the_sixth_batch)
+    _, stopped = final_weights(tiny_config(corpus, tmp_path / "b", no_time, "training.max_minutes=1000"))
+    monkeypatch.undo()
+    last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    best = torch.load(tmp_path / "b" / "best.pt", weights_only=False)
+    assert last["train_state"]["batch"] > 0 and not stopped.state.finished
+    # the weights at the stop were scored and, being the best so far, saved as best.pt
+    assert last["train_state"]["best_dev_lev"] == best["train_state"]["best_dev_lev"] < float("inf")
+    assert_same_weights(best["model"], last["model"])
+    assert "at the budget: dev lev" in (tmp_path / "b" / "train.log").read_text()
+
+    resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b", no_time, "training.max_minutes=1000"))
+    assert_same_weights(straight, resumed)

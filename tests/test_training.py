@@ -197,3 +197,43 @@ def test_train_py_on_bundled_sample(tmp_path):
     bad = subprocess.run([sys.executable, "train.py", "--config", str(ROOT / "config.yaml"), "training.lrr=1"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "training.lr" in bad.stderr
+
+
+def _guided_reference(attn, out_lens, enc_lens, sigma):
+    """The guided-attention loss written as plain loops over valid cells."""
+    import math as m
+
+    total, steps = 0.0, 0
+    for b in range(attn.size(0)):
+        U, T = int(out_lens[b]), int(enc_lens[b])
+        for u in range(U):
+            for t in range(T):
+                w = 1.0 - m.exp(-((t / T - u / U) ** 2) / (2 * sigma**2))
+                total += float(attn[b, u, t]) * w
+            steps += 1
+    return total / steps
+
+
+def test_guided_attention_loss_matches_loops_ignores_padding_and_prefers_the_diagonal():
+    from src.training import guided_attention_loss
+
+    torch.manual_seed(0)
+    out_lens, enc_lens = torch.tensor([7, 4, 1]), torch.tensor([9, 5, 3])
+    attn = torch.softmax(torch.randn(3, 7, 9), dim=2)
+    value = guided_attention_loss(attn, out_lens, enc_lens, sigma=0.3)
+    assert value.item() == pytest.approx(_guided_reference(attn, out_lens, enc_lens, 0.3), rel=1e-5)
+
+    garbage = attn.clone()
+    garbage[1, 4:] = 5.0  # beyond out_lens
+    garbage[1, :, 5:] = 7.0  # beyond enc_lens
+    assert guided_attention_loss(garbage, out_lens, enc_lens).item() == pytest.approx(
+        guided_attention_loss(attn, out_lens, enc_lens).item(), rel=1e-6)
+
+    U, T = 20, 40
+    diagonal = torch.zeros(1, U, T)
+    diagonal[0, torch.arange(U), (torch.arange(U) * T) // U] = 1.0
+    stuck = torch.zeros(1, U, T)
+    stuck[0, :, -1] = 1.0  # every step on the last frame: the LAS failure this loss prevents
+    lens_u, lens_t = torch.tensor([U]), torch.tensor([T])
+    assert guided_attention_loss(diagonal, lens_u, lens_t).item() < 0.01
+    assert guided_attention_loss(stuck, lens_u, lens_t).item() > 0.5

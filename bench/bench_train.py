@@ -1,0 +1,92 @@
+"""Training throughput of the default config: utterances/s and audio seconds/s.
+
+    python bench/bench_train.py                          # bundled sample's train-clean-100
+    python bench/bench_train.py --root bench/out/corpus --steps 60 model.listener_hidden=256
+
+Runs the real training step (teacher-forced forward, attention + CTC +
+guided-attention loss, backward, clipping, AdamW) of ``config.yaml`` (plus overrides) over shuffled
+batches from the data layer, on the device training would pick. The first
+``--warmup`` steps are not timed. Prints one table line per setting.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+
+
+def main() -> int:
+    import torch
+
+    from src.config import load_config
+    from src.data.dataset import SpeechDataset, make_loader
+    from src.distributed import choose_device
+    from src.models import build_model, count_parameters
+    from src.training import autocast_dtype, compute_loss, make_optimizer
+    from src.vocab import VOCAB
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="data/sample", help="data root in the competition layout")
+    parser.add_argument("--partition", default="train-clean-100")
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
+    args = parser.parse_args()
+
+    cfg = load_config("config.yaml", args.overrides)
+    device = choose_device(cfg.training.device)
+    torch.manual_seed(cfg.training.seed)
+    dataset = SpeechDataset(args.root, args.partition, n_mels=cfg.data.n_mels, normalize=cfg.data.normalize)
+    model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).to(device).train()
+    optimizer = make_optimizer(model, cfg.training)
+    amp = autocast_dtype(cfg.training.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+    utts = frames = steps = 0
+    start = None
+    epoch = 0
+    while steps < args.warmup + args.steps:
+        loader = make_loader(dataset, cfg.data, shuffle=True, seed=cfg.training.seed, epoch=epoch)
+        for batch in loader:
+            if steps == args.warmup:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+            batch = batch.to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, _ = compute_loss(model, batch, teacher_forcing_rate=1.0,
+                                       label_smoothing=cfg.training.label_smoothing, ctc_weight=cfg.training.ctc_weight,
+                                       guided_attention=cfg.training.guided_attention,
+                                       guided_sigma=cfg.training.guided_attention_sigma)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if steps >= args.warmup:
+                utts += len(batch.names)
+                frames += int(batch.feature_lens.sum())
+            steps += 1
+            if steps >= args.warmup + args.steps:
+                break
+        epoch += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    threads = torch.get_num_threads() if device.type == "cpu" else "-"
+    print(f"bench_train: {device.type} ({threads} threads), {count_parameters(model) / 1e6:.2f}M parameters, "
+          f"{args.root}/{args.partition}, batches of <= {cfg.data.max_utterances_per_batch} utt")
+    print(f"{args.steps} steps in {seconds:.1f} s: {utts / seconds:.1f} utt/s, "
+          f"{frames * 0.01 / seconds:.1f} audio s/s ({frames * 0.01 / utts:.2f} s per utterance)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
