@@ -34,49 +34,33 @@ def run(cmd: list[str]) -> None:
 
 
 def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int) -> dict:
-    """Decode ``split`` with the checkpoint alone; mean Levenshtein and CER against references."""
-    import torch
+    """Decode ``split`` with the checkpoint alone (test.py's decode_dataset); mean Levenshtein and CER."""
+    import csv
 
     from src.checkpoint import load_checkpoint, model_from_checkpoint
     from src.config import DataConfig, DecodingConfig
-    from src.data.dataset import SpeechDataset, make_loader
-    from src.decoding import decode_batch
+    from src.data.dataset import SpeechDataset
+    from src.inference import decode_dataset
     from src.metrics import cer, mean_levenshtein
-    from src.vocab import decode as ids_to_text
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, "cpu")
-    normalize = ckpt["config"]["data"]["normalize"]
     with_refs = split != "test-clean"
-    dataset = SpeechDataset(corpus, split, n_mels=int(ckpt["n_mels"]), normalize=normalize, with_transcripts=with_refs)
-    loader = make_loader(dataset, DataConfig(num_workers=0, max_utterances_per_batch=32), shuffle=False, seed=0)
-    decoding = DecodingConfig(method=method, beam_size=beam_size)
-    hyps: dict[int, str] = {}
-    refs: dict[int, str] = {}
+    dataset = SpeechDataset(corpus, split, n_mels=int(ckpt["n_mels"]), normalize=ckpt["config"]["data"]["normalize"],
+                            with_transcripts=with_refs)
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in loader:
-            for i, text in zip(batch.indices.tolist(), decode_batch(model, batch, decoding)):
-                hyps[i] = text
-            if batch.tokens is not None:
-                for i, row, n in zip(batch.indices.tolist(), batch.tokens, batch.token_lens):
-                    refs[i] = ids_to_text(row[1 : int(n)].tolist())
+    hyps, refs = decode_dataset(model, dataset, DataConfig(num_workers=0), DecodingConfig(method=method,
+                                beam_size=beam_size), desc=f"{split} {method}")
     seconds = time.perf_counter() - start
-    order = sorted(hyps)
-    if not with_refs:  # test-clean: the references synth wrote, in sorted file order
-        import csv
-
+    if refs is None:  # test-clean: the references synth wrote, in sorted file order
         with open(corpus / "test_reference.csv") as f:
-            labels = {int(r["index"]): r["label"] for r in csv.DictReader(f)}
-        refs = {i: labels[i] for i in order}
-    h = [hyps[i] for i in order]
-    r = [refs[i] for i in order]
+            refs = [row["label"] for row in csv.DictReader(f)]
     return {
         "split": split,
         "decoder": method if method == "greedy" else f"beam {beam_size}",
-        "utterances": len(order),
-        "mean_levenshtein": round(mean_levenshtein(h, r), 2),
-        "cer_percent": round(100 * cer(h, r), 2),
+        "utterances": len(hyps),
+        "mean_levenshtein": round(mean_levenshtein(hyps, refs), 2),
+        "cer_percent": round(100 * cer(hyps, refs), 2),
         "decode_seconds": round(seconds, 1),
     }
 
