@@ -37,7 +37,7 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     """Decode ``split`` with the checkpoint alone (test.py's decode_dataset); mean Levenshtein and CER."""
     import csv
 
-    from src.checkpoint import load_checkpoint, model_from_checkpoint
+    from src.checkpoint import front_end, load_checkpoint, model_from_checkpoint
     from src.config import DataConfig, DecodingConfig
     from src.data.dataset import SpeechDataset
     from src.inference import decode_dataset
@@ -46,8 +46,8 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, "cpu")
     with_refs = split != "test-clean"
-    dataset = SpeechDataset(corpus, split, n_mels=int(ckpt["n_mels"]), normalize=ckpt["config"]["data"]["normalize"],
-                            with_transcripts=with_refs)
+    n_mels, normalize = front_end(ckpt)
+    dataset = SpeechDataset(corpus, split, n_mels=n_mels, normalize=normalize, with_transcripts=with_refs)
     start = time.perf_counter()
     hyps, refs = decode_dataset(model, dataset, DataConfig(num_workers=0), DecodingConfig(method=method,
                                 beam_size=beam_size), desc=f"{split} {method}")

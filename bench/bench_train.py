@@ -1,7 +1,7 @@
 """Training throughput of the default config: utterances/s and audio seconds/s.
 
     python bench/bench_train.py                          # bundled sample's train-clean-100
-    python bench/bench_train.py --root bench/out/corpus --steps 60 model.listener_hidden=256
+    python bench/bench_train.py --root bench/out/corpus --steps 60 model.las.listener_hidden=256
 
 Runs the real training step (teacher-forced forward, attention + CTC +
 guided-attention loss, backward, clipping, AdamW) of ``config.yaml`` (plus overrides) over shuffled
@@ -28,7 +28,9 @@ def main() -> int:
     from src.data.dataset import SpeechDataset, make_loader
     from src.distributed import choose_device
     from src.models import build_model, count_parameters
-    from src.training import autocast_dtype, compute_loss, make_optimizer
+    from src.training.evaluation import compute_loss
+    from src.training.hooks import hooks_for
+    from src.training.loop import autocast_dtype, make_optimizer
     from src.vocab import VOCAB
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,6 +49,9 @@ def main() -> int:
     optimizer = make_optimizer(model, cfg.training)
     amp = autocast_dtype(cfg.training.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    options = type(model).loss_options(cfg.training)  # the family's objective, as train.py runs it
+    for hook in hooks_for(model, cfg.training):
+        options.update(hook.batch_options())
 
     utts = frames = steps = 0
     start = None
@@ -60,10 +65,7 @@ def main() -> int:
                 start = time.perf_counter()
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, _ = compute_loss(model, batch, teacher_forcing_rate=1.0,
-                                       label_smoothing=cfg.training.label_smoothing, ctc_weight=cfg.training.ctc_weight,
-                                       guided_attention=cfg.training.guided_attention,
-                                       guided_sigma=cfg.training.guided_attention_sigma)
+                loss = compute_loss(model, batch, **options).loss
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -66,11 +66,10 @@ class SpecAugmentConfig:
 
 
 @dataclass
-class ModelConfig:
-    """Sizes of the model; stored in every checkpoint. Defaults learn fast on CPU (3.4M parameters);
+class LASConfig:
+    """Listen, Attend and Spell (src/models/las.py). Defaults learn fast on CPU (3.4M parameters);
     GPU: conv_stride 1, listener_layers 3, ctc_layer 2, listener_hidden 256, speller_hidden 512."""
 
-    family: str = "las"  # las
     conv_channels: int = 128  # Conv1d front end output channels
     conv_stride: int = 2  # Conv1d front end stride (time reduction); T' = ceil(T / stride / 2**listener_layers)
     listener_hidden: int = 192  # H of each BLSTM direction (GPU: 256-512)
@@ -84,10 +83,26 @@ class ModelConfig:
     ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
     ctc_layer: int = 1  # pBLSTM layer (1..listener_layers) feeding the CTC head; keep it at T/4 (T/8 < chars)
 
+    def __post_init__(self) -> None:
+        if self.conv_stride < 1:
+            raise UserError(f"config: 'model.las.conv_stride' must be at least 1; got {self.conv_stride}")
+        if self.ctc_head and not 1 <= self.ctc_layer <= self.listener_layers:
+            raise UserError(f"config: 'model.las.ctc_layer' must be in 1..{self.listener_layers} "
+                            f"(model.las.listener_layers); got {self.ctc_layer}")
+
+
+@dataclass
+class ModelConfig:
+    """Which model family, and its sizes; stored in every checkpoint."""
+
+    family: str = "las"  # las (src/models/registry.py lists the families)
+    las: LASConfig = field(default_factory=LASConfig)  # settings of family las
+
 
 @dataclass
 class TrainingConfig:
-    """Optimisation, schedules, checkpoints (src/training.py)."""
+    """Optimisation, schedules, checkpoints (src/training/); teacher forcing and guided attention
+    apply to families with attention only."""
 
     epochs: int = 30  # passes over the training partition
     lr: float = 3e-3  # AdamW peak learning rate (after warmup)
@@ -123,7 +138,7 @@ class DecodingConfig:
     method: str = "beam"  # greedy | beam
     beam_size: int = 10  # K hypotheses kept per utterance (beam)
     length_penalty: float = 1.0  # rank finished hypotheses by score / length ** length_penalty; 0 = total log-prob
-    max_length_ratio: float = 2.0  # most characters per listener frame (~1.2 in LibriSpeech); x2 per extra /2 reduction
+    max_chars_per_frame: float = 0.25  # most characters per 10 ms input frame (25/s; LibriSpeech ~15/s), any model
     max_length_min: int = 16  # ...but never fewer than this many characters
     ctc_weight: float = 0.0  # beam: score = (1 - w) * attention + w * CTC prefix score; 0 = off
     batch_size: int = 32  # utterances decoded together (beam search runs batch_size * beam_size rows)
@@ -167,7 +182,16 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+# Keys that moved: the old name -> the new one (and what changed), for a one-line "now called" error.
+RENAMED = {f"model.{f.name}": f"model.las.{f.name}" for f in dataclasses.fields(LASConfig)} | {
+    "decoding.max_length_ratio": "decoding.max_chars_per_frame (per 10 ms input frame: the old ratio "
+                                 "divided by the model's time reduction, e.g. 2.0 / 8 = 0.25)",
+}
+
+
 def _unknown_key(key: str, source: str) -> UserError:
+    if key in RENAMED:
+        return UserError(f"{source}: '{key}' is now called '{RENAMED[key]}'")
     close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; see README.md for the valid keys"
     return UserError(f"{source}: unknown config key '{key}'{hint}")
@@ -294,7 +318,9 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     _choice(cfg.data.normalize, ("none", "utterance"), "data.normalize")
-    _choice(cfg.model.family, ("las",), "model.family")
+    from src.models.registry import family_names
+
+    _choice(cfg.model.family, tuple(family_names()), "model.family")
     _choice(cfg.training.scheduler, ("cosine", "plateau"), "training.scheduler")
     _choice(cfg.training.amp, ("auto", "bf16", "fp16", "none"), "training.amp")
     _choice(cfg.training.teacher_forcing.trigger, ("epoch", "aligned", "dev_error"), "training.teacher_forcing.trigger")
@@ -306,16 +332,16 @@ def validate(cfg: Config) -> None:
         ("data.max_utterances_per_batch", cfg.data.max_utterances_per_batch),
         ("decoding.beam_size", cfg.decoding.beam_size),
         ("decoding.batch_size", cfg.decoding.batch_size),
-        ("model.conv_stride", cfg.model.conv_stride),
+        ("training.epochs", cfg.training.epochs),
     ]:
         if value < 1:
             raise UserError(f"config: '{key}' must be at least 1; got {value}")
     if not 0.0 <= cfg.decoding.ctc_weight <= 1.0:
         raise UserError(f"config: 'decoding.ctc_weight' must be in [0, 1]; got {cfg.decoding.ctc_weight}")
-    if cfg.decoding.max_length_ratio <= 0.0 or cfg.decoding.max_length_min < 0:
+    if cfg.decoding.max_chars_per_frame <= 0.0 or cfg.decoding.max_length_min < 0:
         raise UserError(
-            "config: 'decoding.max_length_ratio' must be > 0 and 'decoding.max_length_min' >= 0; got "
-            f"{cfg.decoding.max_length_ratio} and {cfg.decoding.max_length_min}"
+            "config: 'decoding.max_chars_per_frame' must be > 0 and 'decoding.max_length_min' >= 0; got "
+            f"{cfg.decoding.max_chars_per_frame} and {cfg.decoding.max_length_min}"
         )
     if not 0.0 <= cfg.training.ctc_weight <= 1.0:
         raise UserError(f"config: 'training.ctc_weight' must be in [0, 1]; got {cfg.training.ctc_weight}")
@@ -332,9 +358,10 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def model_config_from_dict(values: dict) -> ModelConfig:
-    """Rebuild a ModelConfig from a checkpoint's dict (unknown keys rejected)."""
-    return _build(ModelConfig, values, "model.", "checkpoint")
+def build_section(cls: type, values: dict, prefix: str, source: str) -> Any:
+    """A config dataclass ``cls`` from plain ``values`` (a checkpoint's dict): types checked,
+    unknown keys rejected as in config.yaml, with ``prefix`` naming the section in errors."""
+    return _build(cls, values, prefix, source)
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -30,16 +30,25 @@ class DistInfo:
         return self.world_size > 1
 
 
-def choose_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` -> a device (cuda:LOCAL_RANK under torchrun)."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise UserError(f"config: 'training.device' must be one of auto, cpu, cuda; got '{preference}'")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise UserError("config: training.device=cuda but no CUDA device is visible; use training.device=auto")
+def choose_device(preference: str, local_rank: int = 0, source: str = "training.device") -> torch.device:
+    """THE device chooser: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a device.
+
+    ``auto`` and ``cuda`` mean cuda:LOCAL_RANK (torchrun sets it; 0 otherwise)
+    when CUDA is visible, ``auto`` falls back to the CPU. ``source`` names the
+    setting in errors (training.device, or test.py's --device).
+    """
+    valid = preference in ("auto", "cpu", "cuda") or (preference.startswith("cuda:") and preference[5:].isdigit())
+    if not valid:
+        raise UserError(f"{source}: must be one of auto, cpu, cuda, cuda:N; got '{preference}'")
+    if preference.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{source}={preference} but no CUDA device is visible here; use auto or cpu")
     if preference == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
+    index = int(preference[5:]) if preference.startswith("cuda:") else local_rank
+    if index >= torch.cuda.device_count():
+        raise UserError(f"{source}={preference}: only {torch.cuda.device_count()} CUDA devices are visible")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def init_distributed(device: torch.device) -> DistInfo:

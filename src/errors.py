@@ -15,6 +15,13 @@ class UserError(Exception):
     """Bad input from the user (data, config, checkpoint): message is one line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption, ``timeout``, ``kill``): handled like Ctrl-C, work saved first."""
+
+
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit: 0 on success, 2 with one line on a UserError."""
     try:
@@ -22,6 +29,9 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from src.atomic import atomic_write
 from src.config import add_config_args, load_config
 from src.errors import UserError
-from src.vocab import ALLOWED_CHARACTERS, VOCAB
+from src.vocab import ALLOWED_CHARACTERS
 from src.vocab import decode as ids_to_text
 
 DEFAULT_SUBMISSION = "submission/submission.csv"
@@ -39,15 +38,10 @@ SUBMISSION_HEADER = ["index", "label"]
 def write_submission(path: str | Path, labels: Sequence[str]) -> Path:
     """Write ``index,label`` rows (index 0..N-1 in the given order) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SUBMISSION_HEADER)
         writer.writerows((i, label) for i, label in enumerate(labels))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -82,14 +76,11 @@ def write_scores(path: str | Path, names: Sequence[str], refs: Sequence[str], hy
                  distances: np.ndarray) -> Path:
     """Per-utterance TSV (name, distance, reference, hypothesis), worst first, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     order = sorted(range(len(names)), key=lambda i: (-int(distances[i]), names[i]))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["name", "distance", "reference", "hypothesis"])
         writer.writerows((names[i], int(distances[i]), refs[i], hyps[i]) for i in order)
-    os.replace(tmp, path)
     return path
 
 
@@ -110,30 +101,20 @@ def first_feature_dim(root: Path, partition: str) -> tuple[Path, int] | None:
 
 def check_checkpoint_fits(ckpt: dict[str, Any], ckpt_path: Path, root: Path, partition: str) -> None:
     """UserError (one line) when the checkpoint's vocabulary or n_mels do not fit this data."""
-    vocab = list(ckpt["vocab"])
-    if vocab != VOCAB:
-        raise UserError(
-            f"{ckpt_path}: the checkpoint's vocabulary ({len(vocab)} tokens) is not this project's "
-            f"({len(VOCAB)} tokens, src/vocab.py); use a checkpoint trained by this project"
-        )
+    from src.checkpoint import check_vocabulary, front_end
+
+    check_vocabulary(ckpt)
     found = first_feature_dim(root, partition)
-    if found is not None and found[1] != int(ckpt["n_mels"]):
+    n_mels = front_end(ckpt).n_mels
+    if found is not None and found[1] != n_mels:
         raise UserError(
-            f"{ckpt_path}: the model expects {int(ckpt['n_mels'])}-dimensional features but {found[0]} has "
+            f"{ckpt_path}: the model expects {n_mels}-dimensional features but {found[0]} has "
             f"{found[1]}; use a checkpoint trained on this data or point data.root at matching data"
         )
 
 
 # --------------------------------------------------------------------------
 # Decoding a split
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def decode_dataset(model, dataset, data_cfg, decoding_cfg, desc: str = "decode"
@@ -185,13 +166,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.checkpoint import load_checkpoint, model_from_checkpoint
+    args = parse_args(argv)  # before the heavy imports: --help stays instant
+    from src.checkpoint import front_end, load_checkpoint, model_from_checkpoint
     from src.data import SpeechDataset, check_data, resolve_data_root
+    from src.distributed import choose_device
     from src.metrics import cer, levenshtein_batch, wer
 
-    args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    device = pick_device(args.device)
+    device = choose_device(args.device, source="--device")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else Path(cfg.logging.run_dir) / "best.pt"
     scoring = args.split is not None
     split = args.split if scoring else cfg.data.test_partition
@@ -199,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     root = resolve_data_root(cfg.data)
     check_checkpoint_fits(ckpt, ckpt_path, root, split)
-    n_mels = int(ckpt["n_mels"])
-    trained_data = (ckpt.get("config") or {}).get("data", {})
-    normalize = trained_data.get("normalize", cfg.data.normalize)  # as the model was trained
+    n_mels, normalize = front_end(ckpt)  # as the model was trained
     if cfg.data.check:
         check_data(root, [split], n_mels=n_mels)
     print(f"test: {ckpt_path} on {root}/{split} ({device}); decoding: {_decoding_desc(cfg.decoding)}", flush=True)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.checkpoint import check_vocabulary, front_end, load_checkpoint, model_from_checkpoint
 from src.config import DecodingConfig, add_config_args, load_config
 from src.data.dataset import collate, normalize_utterance
 from src.data.features import load_audio, log_mel
 from src.decoding import decode_batch
+from src.distributed import choose_device
 from src.errors import UserError, run_cli
-from src.vocab import VOCAB
 
 
 def features_for(path: Path, n_mels: int, normalize: str) -> torch.Tensor:
@@ -40,11 +40,9 @@ def features_for(path: Path, n_mels: int, normalize: str) -> torch.Tensor:
 def transcribe(checkpoint: str | Path, paths: list[Path], decoding: DecodingConfig, device: str = "cpu") -> list[str]:
     """One transcript per audio file, in order."""
     ckpt = load_checkpoint(checkpoint, map_location=device)
-    if list(ckpt["vocab"]) != VOCAB:
-        raise UserError(f"{checkpoint}: its vocabulary differs from this project's 31 tokens; it cannot be decoded here")
+    check_vocabulary(ckpt)
     model = model_from_checkpoint(ckpt, device)
-    n_mels = int(ckpt["n_mels"])
-    normalize = ckpt.get("config", {}).get("data", {}).get("normalize", "utterance")
+    n_mels, normalize = front_end(ckpt)
     texts: list[str] = []
     for start in range(0, len(paths), decoding.batch_size):
         chunk = paths[start : start + decoding.batch_size]
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if not audio:
         raise UserError("no audio files given; usage: python transcribe.py CHECKPOINT audio.wav [more ...]")
     cfg = load_config(args.config, overrides)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = choose_device("auto", source="device")
     for path, text in zip(audio, transcribe(args.checkpoint, audio, cfg.decoding, device)):
         print(f"{path}\t{text}")
     return 0

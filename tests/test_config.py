@@ -12,11 +12,11 @@ from src.config import (
     DEFAULT_DATA_ROOT,
     Config,
     DataConfig,
+    LASConfig,
     ModelConfig,
     add_config_args,
     dump_yaml,
     load_config,
-    model_config_from_dict,
     to_dict,
 )
 from src.errors import UserError
@@ -51,7 +51,7 @@ def test_repository_config_yaml_loads_and_names_every_key():
 
 
 def test_dump_and_reload_round_trip(tmp_path):
-    cfg = load_config(None, ["training.lr=3e-4", "model.listener_layers=2", "data.in_memory=true"])
+    cfg = load_config(None, ["training.lr=3e-4", "model.las.listener_layers=2", "data.in_memory=true"])
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_yaml(cfg))
     assert load_config(path) == cfg
@@ -64,8 +64,8 @@ def test_overrides_are_typed():
             "training.lr=3e-4",
             "training.min_lr=1e-6",
             "data.in_memory=true",
-            "model.ctc_head=false",
-            "model.listener_hidden=128",
+            "model.las.ctc_head=false",
+            "model.las.listener_hidden=128",
             "training.grad_clip=1",
             "data.root=/some/where",
             "training.teacher_forcing.start=0.9",
@@ -75,14 +75,14 @@ def test_overrides_are_typed():
     assert cfg.training.lr == 3e-4 and type(cfg.training.lr) is float
     assert cfg.training.min_lr == 1e-6 and type(cfg.training.min_lr) is float
     assert cfg.data.in_memory is True
-    assert cfg.model.ctc_head is False
-    assert cfg.model.listener_hidden == 128 and type(cfg.model.listener_hidden) is int
+    assert cfg.model.las.ctc_head is False
+    assert cfg.model.las.listener_hidden == 128 and type(cfg.model.las.listener_hidden) is int
     assert cfg.training.grad_clip == 1.0 and type(cfg.training.grad_clip) is float
     assert cfg.data.root == "/some/where"
     assert cfg.training.teacher_forcing.start == 0.9
     assert cfg.training.teacher_forcing.stages == [[0.9, 0.6]]
     # untouched keys keep their defaults
-    assert cfg.data.n_mels == DataConfig().n_mels and cfg.model.speller_hidden == ModelConfig().speller_hidden
+    assert cfg.data.n_mels == DataConfig().n_mels and cfg.model.las.speller_hidden == LASConfig().speller_hidden
 
 
 def test_float_written_without_dot_in_a_file(tmp_path):
@@ -96,7 +96,7 @@ def test_float_written_without_dot_in_a_file(tmp_path):
     "text, bad, closest",
     [
         ("training:\n  lr_rate: 0.1\n", "training.lr_rate", "training.lr"),
-        ("model:\n  listner_hidden: 64\n", "model.listner_hidden", "model.listener_hidden"),
+        ("model:\n  las:\n    listner_hidden: 64\n", "model.las.listner_hidden", "model.las.listener_hidden"),
         ("dataa:\n  n_mels: 40\n", "dataa", "data"),
         ("training:\n  teacher_forcing:\n    strat: 0.5\n", "training.teacher_forcing.strat", "training.teacher_forcing.start"),
     ],
@@ -113,7 +113,7 @@ def test_unknown_key_in_file_names_the_closest(tmp_path, text, bad, closest):
 @pytest.mark.parametrize(
     "override, bad, closest",
     [
-        ("model.listner_hidden=64", "model.listner_hidden", "model.listener_hidden"),
+        ("model.las.listner_hidden=64", "model.las.listner_hidden", "model.las.listener_hidden"),
         ("data.n_mel=40", "data.n_mel", "data.n_mels"),
         ("trainig.epochs=3", "trainig.epochs", "training.epochs"),
     ],
@@ -129,8 +129,8 @@ def test_unknown_key_on_command_line_names_the_closest(override, bad, closest):
     "override, key",
     [
         ("data.in_memory=3", "data.in_memory"),
-        ("model.listener_hidden=1.5", "model.listener_hidden"),
-        ("model.listener_hidden=true", "model.listener_hidden"),
+        ("model.las.listener_hidden=1.5", "model.las.listener_hidden"),
+        ("model.las.listener_hidden=true", "model.las.listener_hidden"),
         ("training.lr=fast", "training.lr"),
         ("training.lr=true", "training.lr"),
         ("data.root=[a, b]", "data.root"),
@@ -165,15 +165,15 @@ def test_value_checks():
 
 def test_config_file_swap_with_argparse(tmp_path):
     path = tmp_path / "small.yaml"
-    path.write_text("data:\n  n_mels: 40\n  normalize: none\nmodel:\n  listener_hidden: 64\n")
+    path.write_text("data:\n  n_mels: 40\n  normalize: none\nmodel:\n  las:\n    listener_hidden: 64\n")
     parser = argparse.ArgumentParser()
     add_config_args(parser)
-    args = parser.parse_args(["--config", str(path), "model.listener_hidden=32", "training.epochs=2"])
+    args = parser.parse_args(["--config", str(path), "model.las.listener_hidden=32", "training.epochs=2"])
     cfg = load_config(args.config, args.overrides)
     assert cfg.data.n_mels == 40 and cfg.data.normalize == "none"
-    assert cfg.model.listener_hidden == 32  # the command line wins over the file
+    assert cfg.model.las.listener_hidden == 32  # the command line wins over the file
     assert cfg.training.epochs == 2
-    assert cfg.model.speller_hidden == ModelConfig().speller_hidden  # not in the file: default
+    assert cfg.model.las.speller_hidden == LASConfig().speller_hidden  # not in the file: default
     assert parser.parse_args([]).config == "config.yaml"
 
 
@@ -186,8 +186,36 @@ def test_missing_or_broken_config_file(tmp_path):
         load_config(bad)
 
 
-def test_model_config_round_trip_from_checkpoint_dict():
-    mc = ModelConfig(listener_hidden=96, ctc_head=False)
-    assert model_config_from_dict(dataclasses.asdict(mc)) == mc
-    with pytest.raises(UserError, match="model.hidden"):
-        model_config_from_dict({"hidden": 3})
+def test_family_config_round_trip_from_checkpoint_dict():
+    from src.models.registry import family_config_from_dict
+
+    las = LASConfig(listener_hidden=96, ctc_head=False)
+    assert family_config_from_dict("las", dataclasses.asdict(las), "ckpt") == las
+    with pytest.raises(UserError, match="model.las.hidden"):
+        family_config_from_dict("las", {"hidden": 3}, "ckpt")
+
+
+@pytest.mark.parametrize(
+    "override, new",
+    [("model.listener_hidden=64", "model.las.listener_hidden"), ("model.conv_stride=1", "model.las.conv_stride"),
+     ("decoding.max_length_ratio=2.0", "decoding.max_chars_per_frame")],
+)
+def test_renamed_keys_say_what_they_are_now_called(tmp_path, override, new):
+    with pytest.raises(UserError, match=f"is now called '{new}") as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+    key, value = override.split("=")
+    section, name = key.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")  # a config file of the old layout
+    with pytest.raises(UserError, match=f"{path}: '{key}' is now called '{new}"):
+        load_config(path)
+
+
+def test_model_family_must_be_registered_and_las_settings_are_checked_once():
+    with pytest.raises(UserError, match="model.family.*las"):
+        load_config(None, ["model.family=nope"])
+    with pytest.raises(UserError, match="model.las.ctc_layer"):
+        load_config(None, ["model.las.listener_layers=2", "model.las.ctc_layer=3"])
+    with pytest.raises(UserError, match="training.epochs"):
+        load_config(None, ["training.epochs=0"])

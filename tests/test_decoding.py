@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.config import DecodingConfig, ModelConfig
+from src.config import DecodingConfig, LASConfig, ModelConfig
 from src.decoding import beam_search, decode_batch, greedy_decode, max_output_lengths, score_sequences
 from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.models import build_model
-from src.models.las import Encoded
+from src.models.interface import EncoderOutput
 from src.vocab import EOS, PAD, SOS, TOKEN_TO_ID, VOCAB_SIZE
 
 V = VOCAB_SIZE
@@ -45,17 +45,17 @@ class TinyAttentionModel(nn.Module):
         self.hidden = hidden
 
     def encode(self, features, feature_lens):
-        return Encoded(features, features, feature_lens, None, None)
+        return EncoderOutput((features, features), feature_lens, None, None)
 
     def init_state(self, encoded):
-        return (encoded.keys.new_zeros(encoded.keys.shape[0], self.hidden),)
+        return (encoded.memory[0].new_zeros(encoded.memory[0].shape[0], self.hidden),)
 
     def step(self, tokens, state, encoded):
         (h,) = state
-        energy = torch.einsum("bth,bh->bt", encoded.keys, h)  # (B, T')
+        energy = torch.einsum("bth,bh->bt", encoded.memory[0], h)  # (B, T')
         mask = torch.arange(energy.shape[1])[None, :] < encoded.lens[:, None]
         attn = torch.softmax(energy.masked_fill(~mask, -math.inf), dim=1)
-        context = torch.einsum("bt,bth->bh", attn, encoded.values)  # (B, H)
+        context = torch.einsum("bt,bth->bh", attn, encoded.memory[1])  # (B, H)
         h = self.cell(torch.cat([self.emb[tokens], context], dim=1), h)
         logits = torch.cat([h, context], dim=1) @ self.out
         logits[:, EOS] += self.eos_bias
@@ -70,7 +70,7 @@ def tiny_encoded(lengths, hidden=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor(lengths)
     keys = torch.randn(len(lengths), max(lengths), hidden, generator=g)
-    return Encoded(keys, keys, lens, None, None)
+    return EncoderOutput((keys, keys), lens, None, None)
 
 
 class MarkovModel:
@@ -110,7 +110,7 @@ class MarkovModel:
         length = length + 1
         for row, n in zip(prefix.tolist(), length.tolist()):
             self.fed.append(row[:n])
-        attn = torch.ones(len(tokens), encoded.keys.shape[1]) / encoded.keys.shape[1]
+        attn = torch.ones(len(tokens), encoded.memory[0].shape[1]) / encoded.memory[0].shape[1]
         return self.logits[tokens].clone(), (prefix, length), attn
 
     @staticmethod
@@ -139,9 +139,9 @@ TRAP = {
 }
 
 
-def encoded_for(n: int, frames: int = 5) -> Encoded:
+def encoded_for(n: int, frames: int = 5) -> EncoderOutput:
     keys = torch.zeros(n, frames, 4)
-    return Encoded(keys, keys, torch.full((n,), frames), None, None)
+    return EncoderOutput((keys, keys), torch.full((n,), frames), None, None)
 
 
 # --------------------------------------------------------------------------
@@ -157,9 +157,9 @@ def test_max_output_lengths_formula_over_many_lengths():
 
 
 def test_default_limit_covers_the_longest_dev_transcript():
-    # dev-clean: 3,260 frames -> 407 listener frames (3 pyramidal layers), 518 characters
+    # dev-clean: 3,260 input frames, 518 characters (the length policy is per input frame, any model)
     cfg = DecodingConfig()
-    assert max_output_lengths(torch.tensor([3260 // 8]), cfg.max_length_ratio, cfg.max_length_min).item() >= 518
+    assert max_output_lengths(torch.tensor([3260]), cfg.max_chars_per_frame, cfg.max_length_min).item() >= 518
 
 
 # --------------------------------------------------------------------------
@@ -319,7 +319,7 @@ def test_batching_does_not_change_answers(length_penalty):
     together = beam_search(model, encoded, max_lens, beam_size=4, length_penalty=length_penalty)
     for b in range(len(lengths)):
         enc = encoded.index_select(torch.tensor([b]))
-        enc = Encoded(enc.keys[:, : lengths[b]], enc.values[:, : lengths[b]], enc.lens, None, None)
+        enc = EncoderOutput((enc.memory[0][:, : lengths[b]], enc.memory[1][:, : lengths[b]]), enc.lens, None, None)
         alone = beam_search(model, enc, max_lens[b : b + 1], beam_size=4, length_penalty=length_penalty)
         assert alone[0] == together[b], b
 
@@ -420,18 +420,26 @@ def test_ctc_weighted_beam_follows_the_ctc_head():
         peaky[t, s] = 0.0
     lp = torch.log_softmax(peaky, -1)[None]
     keys = torch.zeros(1, frames, 4)
-    encoded = Encoded(keys, keys, torch.tensor([frames]), lp, torch.tensor([frames]))
+    encoded = EncoderOutput((keys, keys), torch.tensor([frames]), lp, torch.tensor([frames]))
     model = UniformAttentionModel(lp)
-    out = beam_search(model, encoded, torch.tensor([10]), beam_size=3, length_penalty=0.0, ctc_weight=0.5)
+    from src.decoding import ctc_prefix_scorer
+
+    out = beam_search(model, encoded, torch.tensor([10]), beam_size=3, length_penalty=0.0,
+                      scorers=[(0.5, ctc_prefix_scorer)], attention_weight=0.5)
     assert out == [[A, B]]
+    # the same through the configured decoder: decoding.ctc_weight builds that scorer list
+    from src.decoding import scorers_for
+
+    weight, scorers = scorers_for(encoded, DecodingConfig(ctc_weight=0.5))
+    assert weight == 0.5 and [w for w, _ in scorers] == [0.5]
 
 
 # --------------------------------------------------------------------------
 # The real LAS
 
 
-SMALL = ModelConfig(conv_channels=16, listener_hidden=16, listener_layers=2, attention_dim=8,
-                    embedding_dim=8, speller_hidden=16, ctc_head=True)
+SMALL = ModelConfig(las=LASConfig(conv_channels=16, listener_hidden=16, listener_layers=2, attention_dim=8,
+                                  embedding_dim=8, speller_hidden=16, ctc_head=True))
 
 
 def las_batch(seed=0):

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from src.config import ModelConfig
+from src.config import LASConfig, ModelConfig
 from src.errors import UserError
 from src.models import build_model
-from src.models.las import LAS, Attention, Encoded, Listener, listener_output_lengths
+from src.models.interface import EncoderOutput
+from src.models.las import LAS, Attention, Listener, listener_output_lengths
 from src.vocab import EOS, SOS, VOCAB, decode, encode
 
 
@@ -18,7 +19,7 @@ def tiny_las(**kw) -> LAS:
                  attention_dim=8, embedding_dim=8, speller_hidden=12, speller_dropout=0.0, ctc_layer=2)
     sizes.update(kw)
     torch.manual_seed(0)
-    return LAS(5, len(VOCAB), **sizes)
+    return LAS(5, len(VOCAB), LASConfig(**sizes))
 
 
 # --------------------------------------------------------------------------
@@ -128,14 +129,15 @@ def test_step_loop_reproduces_teacher_forced_forward():
     model = tiny_las().eval()
     x, lens, tokens = _toy_batch()
     with torch.no_grad():
-        logits, attn, encoded = model(x, lens, tokens, 1.0)
+        encoded = model.encode(x, lens)
+        logits, attn = model.teacher_forced(encoded, tokens, 1.0)
         enc = model.encode(x, lens)
         state = model.init_state(enc)
         for u in range(tokens.size(1)):
             step_logits, state, step_attn = model.step(tokens[:, u], state, enc)
             torch.testing.assert_close(step_logits, logits[:, u])
             torch.testing.assert_close(step_attn, attn[:, u])
-    assert logits.shape == (3, 9, len(VOCAB)) and attn.shape == (3, 9, enc.keys.size(1))
+    assert logits.shape == (3, 9, len(VOCAB)) and attn.shape == (3, 9, enc.memory[0].size(1))
     assert torch.all(attn[1, :, int(enc.lens[1]):] == 0)
     assert encoded.ctc_log_probs.shape == (3, listener_output_lengths(30, 1, 2), len(VOCAB))
     torch.testing.assert_close(encoded.ctc_log_probs.exp().sum(-1), torch.ones(3, encoded.ctc_log_probs.size(1)))
@@ -146,7 +148,7 @@ def test_teacher_forcing_zero_feeds_own_argmax():
     model = tiny_las().train()
     x, lens, tokens = _toy_batch(seed=3)
     with torch.no_grad():
-        logits, _, _ = model(x, lens, tokens, 0.0)
+        logits, _ = model.teacher_forced(model.encode(x, lens), tokens, 0.0)
         enc = model.encode(x, lens)
         state = model.init_state(enc)
         tok = tokens[:, 0]
@@ -169,7 +171,7 @@ def test_reorder_state_and_index_select():
         logits_r, _, attn_r = model.step(tokens[index, 1], picked, enc.index_select(index))
     torch.testing.assert_close(logits_r, logits2[index])
     torch.testing.assert_close(attn_r, attn2[index])
-    assert isinstance(enc.index_select(index), Encoded)
+    assert isinstance(enc.index_select(index), EncoderOutput)
 
 
 def test_weight_tying_and_forget_gate_bias():
@@ -214,13 +216,13 @@ def test_tiny_model_overfits_eight_utterances():
     for b, r in enumerate(rows):
         tokens[b, : len(r)] = torch.tensor(r)
     torch.manual_seed(0)
-    model = LAS(5, len(VOCAB), conv_channels=32, conv_stride=1, listener_hidden=32, listener_layers=2,
-                locked_dropout=0.0, attention_dim=32, embedding_dim=32, speller_hidden=64, speller_dropout=0.0,
-                ctc_layer=1)
+    model = LAS(5, len(VOCAB), LASConfig(conv_channels=32, conv_stride=1, listener_hidden=32, listener_layers=2,
+                                         locked_dropout=0.0, attention_dim=32, embedding_dim=32, speller_hidden=64,
+                                         speller_dropout=0.0, ctc_layer=1))
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     first = None
     for step in range(450):
-        logits, _, _ = model(x, lens, tokens[:, :-1], 1.0)
+        logits, _ = model.teacher_forced(model.encode(x, lens), tokens[:, :-1], 1.0)
         loss = F.cross_entropy(logits.reshape(-1, len(VOCAB)), tokens[:, 1:].reshape(-1), ignore_index=0)
         first = first if first is not None else loss.item()
         opt.zero_grad()
@@ -243,17 +245,19 @@ def test_tiny_model_overfits_eight_utterances():
 def test_checkpoint_rebuilds_model_alone(tmp_path):
     import dataclasses
 
-    cfg = ModelConfig(conv_channels=8, listener_hidden=6, attention_dim=8, embedding_dim=8, speller_hidden=12)
+    cfg = ModelConfig(las=LASConfig(conv_channels=8, listener_hidden=6, attention_dim=8, embedding_dim=8,
+                                    speller_hidden=12))
     torch.manual_seed(0)
     model = build_model(cfg, 5, len(VOCAB)).eval()
     path = tmp_path / "m.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(cfg), "n_mels": 5,
-                           "vocab": list(VOCAB)})
+    save_checkpoint(path, {"model": model.state_dict(), "family": "las", "model_config": dataclasses.asdict(cfg.las),
+                           "n_mels": 5, "vocab": list(VOCAB)})
     assert not (tmp_path / "m.pt.tmp").exists()
     rebuilt = model_from_checkpoint(load_checkpoint(path), "cpu")
     x, lens, tokens = _toy_batch()
     with torch.no_grad():
-        torch.testing.assert_close(rebuilt(x, lens, tokens)[0], model(x, lens, tokens)[0], rtol=0, atol=0)
+        torch.testing.assert_close(rebuilt.teacher_forced(rebuilt.encode(x, lens), tokens)[0],
+                                   model.teacher_forced(model.encode(x, lens), tokens)[0], rtol=0, atol=0)
 
 
 def test_checkpoint_errors_are_one_line(tmp_path):
@@ -269,6 +273,6 @@ def test_checkpoint_errors_are_one_line(tmp_path):
         load_checkpoint(tmp_path / "partial.pt")
 
 
-def test_build_model_rejects_bad_ctc_layer():
+def test_las_config_rejects_bad_ctc_layer():
     with pytest.raises(UserError, match="ctc_layer"):
-        build_model(ModelConfig(listener_layers=2, ctc_layer=3), 28, len(VOCAB))
+        build_model(ModelConfig(las=LASConfig(listener_layers=2, ctc_layer=3)), 28, len(VOCAB))

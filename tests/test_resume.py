@@ -33,8 +33,8 @@ def tiny_config(data_root: Path, run_dir: Path, *extra: str):
     return load_config(None, [
         f"data.root={data_root}", f"logging.run_dir={run_dir}", "logging.wandb=disabled",
         "data.num_workers=0", "data.max_utterances_per_batch=4", "data.check=false",
-        "model.conv_channels=8", "model.listener_hidden=8", "model.attention_dim=8", "model.embedding_dim=8",
-        "model.speller_hidden=16", "model.locked_dropout=0.2", "model.speller_dropout=0.2",
+        "model.las.conv_channels=8", "model.las.listener_hidden=8", "model.las.attention_dim=8", "model.las.embedding_dim=8",
+        "model.las.speller_hidden=16", "model.las.locked_dropout=0.2", "model.las.speller_dropout=0.2",
         "training.epochs=2", "training.device=cpu", "training.warmup_steps=2", "training.lr=3e-3",
         "training.teacher_forcing.trigger=epoch", "training.teacher_forcing.stages=[[0.5, 0.2]]",
         "training.specaugment.start_epoch=1", "training.specaugment.freq_mask=3",
@@ -63,7 +63,8 @@ def corpus(tmp_path_factory):
 def test_two_epochs_equal_one_plus_resume_plus_one(corpus, tmp_path):
     # plateau: the lr does not depend on the planned number of epochs
     straight, run = final_weights(tiny_config(corpus, tmp_path / "a", "training.scheduler=plateau"))
-    assert run.state.epoch == 2 and run.state.teacher_forcing["rate"] == 0.25  # 1 -> 0.5 -> 0.25 (decayed twice)
+    assert run.state.epoch == 2  # teacher forcing 1 -> 0.5 -> 0.25 (decayed twice):
+    assert run.state.hooks["attention"]["teacher_forcing"]["rate"] == 0.25
     final_weights(tiny_config(corpus, tmp_path / "b", "training.scheduler=plateau", "training.epochs=1"))
     resumed, run_b = final_weights(tiny_config(corpus, tmp_path / "b", "training.scheduler=plateau"))
     assert run_b.state.epoch == 2
@@ -74,7 +75,7 @@ def test_two_epochs_equal_one_plus_resume_plus_one(corpus, tmp_path):
 
 
 def test_ctrl_c_mid_epoch_then_resume_is_identical(corpus, tmp_path, monkeypatch):
-    import src.training as training
+    import src.training.loop as training
 
     straight, _ = final_weights(tiny_config(corpus, tmp_path / "a"))  # cosine schedule
 
@@ -106,7 +107,7 @@ def test_time_budget_stops_with_a_checkpoint(corpus, tmp_path):
 
 
 def test_budget_mid_epoch_scores_dev_into_best_and_resumes_exactly(corpus, tmp_path, monkeypatch):
-    import src.training as training
+    import src.training.loop as training
 
     no_time = "training.anneal_by_time=false"  # the schedule then depends on steps alone
     straight, _ = final_weights(tiny_config(corpus, tmp_path / "a", no_time))

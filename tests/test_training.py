@@ -115,11 +115,12 @@ def _batch_and_model():
 def test_compute_loss_combines_attention_and_ctc():
     import torch.nn.functional as F
 
-    from src.training import compute_loss
+    from src.training.evaluation import compute_loss
 
     batch, model = _batch_and_model()
-    loss, parts = compute_loss(model, batch, teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25)
-    logits, _, enc = model(batch.features, batch.feature_lens, batch.tokens[:, :-1])
+    loss = compute_loss(model, batch, teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25).loss
+    enc = model.encode(batch.features, batch.feature_lens)
+    logits, _ = model.teacher_forced(enc, batch.tokens[:, :-1])
     att = sum(F.cross_entropy(logits[b, : n - 1], batch.tokens[b, 1:n], reduction="sum")
               for b, n in enumerate(batch.token_lens.tolist())) / int((batch.token_lens - 1).sum())
     ctc = sum(  # per utterance: CTC over its own frames, blank = PAD = 0, divided by its target length
@@ -137,28 +138,28 @@ def _tiny_cfg(tmp_path, *extra):
 
 
 def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
-    import src.training as training
+    import src.training.loop as training
 
     real = training.compute_loss
     calls = {"n": 0}
 
     def nan_on_second(model, batch, **kw):
-        loss, parts = real(model, batch, **kw)
+        out = real(model, batch, **kw)
         if model.training:
             calls["n"] += 1
             if calls["n"] == 2:
-                loss = loss * float("nan")
-        return loss, parts
+                out.loss = out.loss * float("nan")
+        return out
 
     monkeypatch.setattr(training, "compute_loss", nan_on_second)
-    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+    with pytest.warns(RuntimeWarning, match="non-finite loss .*utterances train-clean-100-"):
         run = training.train(_tiny_cfg(tmp_path))
     assert run.state.nan_skips == 1 and run.state.global_step == 4
     assert all(torch.isfinite(p).all() for p in run.core.parameters())
 
 
 def test_out_of_memory_becomes_advice(tmp_path, monkeypatch):
-    import src.training as training
+    import src.training.loop as training
 
     run = training.setup_run(_tiny_cfg(tmp_path))
 
@@ -181,8 +182,8 @@ def test_train_py_on_bundled_sample(tmp_path):
     cmd = [sys.executable, "train.py", "--config", str(ROOT / "config.yaml"), "data.root=data/sample",
            "data.train_partition=train-clean-360", "data.num_workers=0", "training.epochs=1",
            "training.dev_max_utterances=6", f"logging.run_dir={run_dir}", "logging.wandb=offline",
-           "model.conv_channels=16", "model.listener_hidden=16", "model.speller_hidden=32",
-           "model.attention_dim=16", "model.embedding_dim=16", "training.device=cpu"]
+           "model.las.conv_channels=16", "model.las.listener_hidden=16", "model.las.speller_hidden=32",
+           "model.las.attention_dim=16", "model.las.embedding_dim=16", "training.device=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -215,7 +216,7 @@ def _guided_reference(attn, out_lens, enc_lens, sigma):
 
 
 def test_guided_attention_loss_matches_loops_ignores_padding_and_prefers_the_diagonal():
-    from src.training import guided_attention_loss
+    from src.models.losses import guided_attention_loss
 
     torch.manual_seed(0)
     out_lens, enc_lens = torch.tensor([7, 4, 1]), torch.tensor([9, 5, 3])

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from src.checkpoint import save_checkpoint
-from src.config import Config, DecodingConfig, ModelConfig, to_dict
+from src.config import Config, DecodingConfig, LASConfig, ModelConfig, to_dict
 from src.data import prepare as prep
 from src.data.dataset import SpeechDataset, collate
 from src.decoding import decode_batch
@@ -24,7 +24,8 @@ from src.models import build_model
 from src.vocab import VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ModelConfig(conv_channels=16, listener_hidden=16, attention_dim=16, embedding_dim=16, speller_hidden=32)
+SMALL = ModelConfig(las=LASConfig(conv_channels=16, listener_hidden=16, attention_dim=16, embedding_dim=16,
+                                  speller_hidden=32))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(SMALL, 28, len(VOCAB))
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": to_dict(SMALL), "n_mels": 28,
+    save_checkpoint(path, {"model": model.state_dict(), "family": "las", "model_config": to_dict(SMALL.las), "n_mels": 28,
                            "vocab": list(VOCAB), "config": to_dict(Config())})
     return path, model.eval()
 

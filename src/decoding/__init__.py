@@ -1,18 +1,29 @@
-"""Decoders over the model's step interface: greedy, beam search, CTC prefix scores.
+"""Decoders, chosen by what the model offers (src/models/interface.py), not by its class.
 
     texts = decode_batch(model, batch, cfg.decoding)      # list[str], one per utterance
 
-``decode_batch`` encodes once, derives each utterance's length limit from its
-listener frames (``max_output_lengths``) and runs greedy or beam search as
-``decoding.method`` says. It puts the model in eval mode for the call and
-restores the previous mode afterwards, so training code can call it mid-epoch.
+``decode_batch`` encodes once and hands the encoder output to
+``decode_encoded``, which dispatches on capability:
+
+    step decoder (LAS, ...)   greedy, or batched beam search fused with a list of
+                              (weight, scorer): the CTC prefix scorer when
+                              decoding.ctc_weight > 0 (ESPnet's joint decoding)
+    CTC only                  CTC best path (greedy), or CTC prefix beam search
+
+Every decoder bounds the output by the one length policy
+(:func:`max_output_lengths`, per input frame). ``decode_batch`` puts the model
+in eval mode for the call and restores the previous mode afterwards, so
+training code can call it mid-epoch.
 """
 from __future__ import annotations
 
 import torch
 
-from src.decoding.beam import Hypothesis, beam_search
+from src.decoding.beam import Hypothesis, beam_search, length_normalised
+from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.decoding.greedy import greedy_decode, max_output_lengths, next_token_log_probs, score_sequences
+from src.errors import UserError
+from src.models.interface import EncoderOutput, is_step_decoder
 from src.vocab import decode as ids_to_text
 
 __all__ = [
@@ -33,19 +44,48 @@ def _device_of(model) -> torch.device:
     return torch.device("cpu")
 
 
-def decode_encoded(model, encoded, decoding_cfg) -> list[list[int]]:
-    """Token ids (no <sos>/<eos>) for an already encoded batch, as ``decoding_cfg`` says."""
-    max_lens = max_output_lengths(encoded.lens, decoding_cfg.max_length_ratio, decoding_cfg.max_length_min)
-    if decoding_cfg.method == "greedy" or (decoding_cfg.beam_size == 1 and decoding_cfg.ctc_weight == 0.0):
-        return greedy_decode(model, encoded, max_lens)
-    return beam_search(
-        model,
-        encoded,
-        max_lens,
-        beam_size=decoding_cfg.beam_size,
-        length_penalty=decoding_cfg.length_penalty,
-        ctc_weight=decoding_cfg.ctc_weight,
-    )
+def ctc_prefix_scorer(encoded: EncoderOutput) -> CTCPrefixScorer:
+    """The CTC prefix scorer over ``encoded`` (its rows already repeated K times by the search)."""
+    return CTCPrefixScorer(encoded.ctc_log_probs, encoded.ctc_lens if encoded.ctc_lens is not None else encoded.lens)
+
+
+def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
+    """(weight of the model's own log-probs, [(weight, scorer factory), ...]) as ``decoding_cfg`` asks."""
+    scorers = []
+    ctc_weight = decoding_cfg.ctc_weight
+    if ctc_weight > 0.0:
+        if encoded.ctc_log_probs is None:
+            raise UserError("decoding.ctc_weight > 0 needs a model with a CTC head (model.las.ctc_head=true); "
+                            "set decoding.ctc_weight=0")
+        scorers.append((ctc_weight, ctc_prefix_scorer))
+    return 1.0 - ctc_weight, scorers
+
+
+def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, decoding_cfg) -> list[list[int]]:
+    """Token ids (no <sos>/<eos>) for an already encoded batch, as ``decoding_cfg`` says.
+
+    feature_lens (B,): input frames per utterance, for the length policy.
+    """
+    max_lens = max_output_lengths(feature_lens, decoding_cfg.max_chars_per_frame, decoding_cfg.max_length_min)
+    greedy = decoding_cfg.method == "greedy" or (decoding_cfg.beam_size == 1 and decoding_cfg.ctc_weight == 0.0)
+    if is_step_decoder(model):
+        if greedy:
+            return greedy_decode(model, encoded, max_lens)
+        attention_weight, scorers = scorers_for(encoded, decoding_cfg)
+        return beam_search(model, encoded, max_lens, beam_size=decoding_cfg.beam_size,
+                           scorers=scorers, attention_weight=attention_weight,
+                           ranker=length_normalised(decoding_cfg.length_penalty))
+    if encoded.ctc_log_probs is not None:
+        from src.decoding import ctc_decode
+
+        log_probs, lens = encoded.ctc_log_probs, encoded.ctc_lens
+        if greedy:
+            ids = ctc_decode.ctc_greedy(log_probs, lens)
+        else:
+            ids = ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size)
+        return [row[: int(limit)] for row, limit in zip(ids, max_lens.tolist())]
+    raise UserError(f"model family '{getattr(model, 'family', type(model).__name__)}' offers neither a step "
+                    "decoder nor CTC log-probs; it cannot be decoded")
 
 
 @torch.no_grad()
@@ -58,6 +98,6 @@ def decode_batch(model, batch, decoding_cfg) -> list[str]:
         features = batch.features.to(device)
         feature_lens = batch.feature_lens.to(device)
         encoded = model.encode(features, feature_lens)
-        return [ids_to_text(ids) for ids in decode_encoded(model, encoded, decoding_cfg)]
+        return [ids_to_text(ids) for ids in decode_encoded(model, encoded, feature_lens, decoding_cfg)]
     finally:
         model.train(was_training)

@@ -3,8 +3,10 @@
 Each output step makes ONE ``model.step`` call for every live hypothesis of
 every unfinished utterance (rows flattened to (B*K,)), then:
 
-1. log-softmax (<pad>, <sos> at -inf), plus ``ctc_weight`` x the CTC prefix
-   score when asked: score = (1 - w) * attention + w * CTC;
+1. log-softmax (<pad>, <sos> at -inf), fused with the scorers when there are
+   any: score = attention_weight * attention + sum of weight_i * scorer_i, each
+   scorer giving a (rows, V) score of every next token (the CTC prefix scorer,
+   a language model ...); adding a scorer never edits this loop;
 2. candidate totals: (B*K, V) -> (B, K*V), top 2K per utterance;
 3. walking down that ranked list as one tensor op: <eos> candidates ranked
    above the K-th non-<eos> one enter the utterance's pool of finished
@@ -12,17 +14,18 @@ every unfinished utterance (rows flattened to (B*K,)), then:
    (at most K of 2K candidates end in <eos>, one per beam, so K live ones
    always remain). A finished hypothesis is never extended: it leaves the beam
    the moment it is chosen;
-4. ``model.reorder_state`` (and the CTC state) follow the chosen beams.
+4. ``model.reorder_state`` (and every scorer's ``select``) follow the chosen beams.
 
 An utterance is done when its pool holds K hypotheses (fairseq's and
 whisper's rule; with K = 1 this is exactly greedy decoding, whatever the
 length penalty). Hypotheses that reach the utterance's length limit may only
 take <eos> next, with its real probability, so every pooled hypothesis is
 scored alike. Done utterances leave
-the batch (``Encoded.index_select``), and the search stops when all are done.
-The answer is the pooled hypothesis with the best ``score / length **
-length_penalty`` (length = characters + 1 for the <eos>); length_penalty 0
-ranks by total log-probability.
+the batch (``EncoderOutput.index_select``), and the search stops when all are done.
+The answer is the pooled hypothesis the ranker likes best; the default
+:func:`length_normalised` ranks by ``score / length ** length_penalty``
+(length = characters + 1 for the <eos>); length_penalty 0 ranks by total
+log-probability.
 
 The per-step bookkeeping is a handful of tensor ops on (B, 2K) and stays on
 the model's device; the only host transfer per step is the small (B, 2K)
@@ -33,23 +36,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 
-from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.decoding.greedy import next_token_log_probs
-from src.errors import UserError
 from src.vocab import EOS, PAD, SOS
 
 
 @dataclass
 class Hypothesis:
     tokens: list[int]  # characters, without <sos>/<eos>
-    log_prob: float  # total score (attention, plus CTC when weighted in)
+    log_prob: float  # total score (attention, plus every weighted scorer)
     length: int  # characters + 1 (the <eos>)
 
     def rank(self, length_penalty: float) -> float:
         return self.log_prob / max(self.length, 1) ** length_penalty
+
+
+class Scorer(Protocol):
+    """Scores of the next token for N rows of equal-length prefixes (one beam-search step)."""
+
+    def score(self, prefix_len: int) -> torch.Tensor:
+        """(N, V) score of every token c after each row's prefix (added to the beam score)."""
+
+    def select(self, index: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Continue from rows ``index`` (N',) extended by ``tokens`` (N',)."""
+
+
+# A scorer factory is called once per search with the encoder output repeated K times
+# per utterance (B*K rows) and returns that search's Scorer.
+ScorerFactory = Callable[[object], Scorer]
+Ranker = Callable[[Hypothesis], float]
+
+
+def length_normalised(length_penalty: float) -> Ranker:
+    """Rank finished hypotheses by total score / length ** length_penalty."""
+    return lambda h: h.rank(length_penalty)
 
 
 @torch.no_grad()
@@ -59,20 +82,24 @@ def beam_search(
     max_lens: torch.Tensor,
     beam_size: int = 10,
     length_penalty: float = 1.0,
-    ctc_weight: float = 0.0,
+    scorers: Sequence[tuple[float, ScorerFactory]] = (),
+    attention_weight: float = 1.0,
+    ranker: Ranker | None = None,
     return_hypotheses: bool = False,
 ):
     """Beam search over B utterances at once.
 
-    encoded: the model's Encoded for B utterances; max_lens (B,) long: most
-    characters per utterance (``max_output_lengths``). Returns B lists of
-    token ids without <sos>/<eos>; with ``return_hypotheses`` the B best
-    :class:`Hypothesis` objects instead.
+    encoded: the model's EncoderOutput for B utterances; max_lens (B,) long:
+    most characters per utterance (``max_output_lengths``). ``scorers``:
+    (weight, factory) pairs fused with the model's own log-probabilities,
+    which get ``attention_weight``. ``ranker`` picks the answer among an
+    utterance's finished hypotheses (default: length_normalised(length_penalty)).
+    Returns B lists of token ids without <sos>/<eos>; with ``return_hypotheses``
+    the B best :class:`Hypothesis` objects instead.
     """
     if beam_size < 1:
         raise ValueError(f"beam_search: beam_size must be at least 1, got {beam_size}")
-    if not 0.0 <= ctc_weight <= 1.0:
-        raise ValueError(f"beam_search: ctc_weight must be in [0, 1], got {ctc_weight}")
+    ranker = ranker or length_normalised(length_penalty)
     lens = encoded.lens
     n_utt, k = lens.shape[0], beam_size
     if n_utt == 0:
@@ -92,20 +119,16 @@ def beam_search(
     n_finished = torch.zeros(n_utt, dtype=torch.long)  # (B_live,) on the host
     pools: list[list[Hypothesis]] = [[] for _ in range(n_utt)]
 
-    ctc = None
-    if ctc_weight > 0.0:
-        if getattr(enc, "ctc_log_probs", None) is None:
-            raise UserError("decoding.ctc_weight > 0 needs a model with a CTC head (model.ctc_head=true); "
-                            "set decoding.ctc_weight=0")
-        ctc_lens = enc.ctc_lens if getattr(enc, "ctc_lens", None) is not None else enc.lens
-        ctc = CTCPrefixScorer(enc.ctc_log_probs, ctc_lens)
+    fused = [(weight, make(enc)) for weight, make in scorers if weight != 0.0]
 
     for t in range(steps + 1):  # t: characters in every live hypothesis
         n_live = int(utt.shape[0])
         logits, state, _ = model.step(tokens, state, enc)
         logp = next_token_log_probs(logits)  # (B_live*K, V)
-        if ctc is not None:
-            logp = (1.0 - ctc_weight) * logp.masked_fill(torch.isinf(logp), 0.0) + ctc_weight * ctc.score(t)
+        if fused:
+            logp = attention_weight * logp.masked_fill(torch.isinf(logp), 0.0)
+            for weight, scorer in fused:
+                logp = logp + weight * scorer.score(t)
             logp[:, PAD] = -math.inf
             logp[:, SOS] = -math.inf
         vocab = logp.shape[1]
@@ -153,10 +176,11 @@ def beam_search(
             utt, limits, n_finished = utt[keep_cpu], limits[keep_cpu], n_finished[keep_cpu]
             enc = enc.index_select(keep_rows)
         state = model.reorder_state(state, src)
-        if ctc is not None:
-            ctc.select(src, new_tok.reshape(-1))
+        for _, scorer in fused:
+            scorer.select(src, new_tok.reshape(-1))
         scores = new_scores
         tokens = new_tok.reshape(-1)
 
-    best = [max(pool, key=lambda h: h.rank(length_penalty)) for pool in pools]
+    # A pool is only empty when every score was NaN (a broken model): answer nothing rather than crash.
+    best = [max(pool, key=ranker) if pool else Hypothesis([], -math.inf, 1) for pool in pools]
     return best if return_hypotheses else [h.tokens for h in best]

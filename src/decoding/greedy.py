@@ -1,7 +1,7 @@
 """Greedy decoding, the output-length limit, and sequence scoring.
 
-Every decoder here talks to the model only through the decoder interface
-(see CONTRACT / src/models/las.py):
+Every decoder here talks to the model only through the step-decoder
+capability (src/models/interface.py):
 
     encoded = model.encode(features (B, T, D), feature_lens (B,))
     state = model.init_state(encoded)
@@ -22,20 +22,19 @@ import torch
 from src.vocab import EOS, PAD, SOS
 
 
-def max_output_lengths(encoded_lens: torch.Tensor, ratio: float = 2.0, minimum: int = 16) -> torch.Tensor:
-    """The most characters (without <eos>) a hypothesis may have: (B,) long.
+def max_output_lengths(feature_lens: torch.Tensor, chars_per_frame: float = 0.25, minimum: int = 16) -> torch.Tensor:
+    """THE output-length policy of every decoder: the most characters (without <eos>) per utterance, (B,) long.
 
-        max_len = max(minimum, ceil(ratio * T'))      T' = listener frames (encoded.lens)
+        max_len = max(minimum, ceil(chars_per_frame * T))      T = input frames (10 ms each)
 
-    With the default listener (3 pyramidal layers, stride 1) one listener
-    frame is 80 ms. LibriSpeech runs at about 1.2 characters per listener frame
-    (dev-clean: 109 characters for 713 frames on average, 518 for 3,260 at
-    most, i.e. 1.27 per listener frame), fast speech at about 1.6; ratio 2.0
-    leaves room for both, and only costs time for hypotheses that never emit
-    <eos>. A listener with more time reduction needs a larger ratio
-    (conv_stride 2: 4.0).
+    It is written per input frame, so it means the same for every model
+    whatever its time reduction: 0.25 is 25 characters per second of audio.
+    LibriSpeech runs at about 15 (dev-clean: 109 characters for 713 frames on
+    average, 518 for 3,260 at most), fast speech at about 20; the limit only
+    costs time for hypotheses that never emit <eos>. Dev scoring during
+    training, test.py and transcribe.py all use it (decoding.max_chars_per_frame).
     """
-    limit = torch.ceil(encoded_lens.to(torch.float64) * ratio).long()
+    limit = torch.ceil(feature_lens.to(torch.float64) * chars_per_frame).long()
     return limit.clamp(min=int(minimum))
 
 
@@ -55,11 +54,11 @@ def _strip(row: list[int]) -> list[int]:
 def greedy_decode(model, encoded, max_lens: torch.Tensor) -> list[list[int]]:
     """Most likely token at every step, for the whole batch at once.
 
-    encoded: the model's Encoded for B utterances; max_lens (B,) long: the
+    encoded: the model's EncoderOutput for B utterances; max_lens (B,) long: the
     most characters per utterance (see :func:`max_output_lengths`). One
     ``model.step`` call per output step for all unfinished rows; rows that
     have finished are dropped from the batch (``reorder_state`` +
-    ``Encoded.index_select``), and decoding stops once every row has emitted
+    ``EncoderOutput.index_select``), and decoding stops once every row has emitted
     <eos> or reached its limit. Returns B lists of token ids without
     <sos>/<eos>.
     """

@@ -9,29 +9,33 @@
                whose output matrix is the embedding (weight tying). ONE step
                function serves teacher-forced training, greedy and beam search.
     CTC head   log-softmax over the vocabulary on the output of pBLSTM layer
-               ``ctc_layer`` (default 2 of 3: T/4, because at T/8 the listener
-               has fewer frames than a LibriSpeech utterance has characters and
-               CTC would be infeasible). The CTC blank is PAD (id 0).
+               ``ctc_layer`` (default 1 of 2 after a stride-2 front end: T/4,
+               because at T/8 the listener has fewer frames than a LibriSpeech
+               utterance has characters and CTC would be infeasible). The CTC
+               blank is PAD (id 0).
 
-Decoder interface (used by src/decoding/):
+The family interface (src/models/interface.py), as LAS fills it:
 
-    encoded = model.encode(features (B, T, D), feature_lens (B,))   # Encoded
+    encoded = model.encode(features (B, T, D), feature_lens (B,))   # memory = (keys, values) (B, T', A)
     state = model.init_state(encoded)
     logits (B, V), state, attn (B, T') = model.step(tokens (B,), state, encoded)
     state = model.reorder_state(state, index (B',))
-    logits (B, U, V), attn (B, U, T'), encoded = model(features, feature_lens, tokens_in (B, U), rate)
+    out = model(features, feature_lens, tokens, token_lens, teacher_forcing_rate=..., ...)   # LossOutput
+    logits (B, U, V), attn (B, U, T') = model.teacher_forced(encoded, tokens_in (B, U), rate)
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from src.vocab import PAD
+from src.config import LASConfig
+from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
+from src.models.losses import attention_cross_entropy, ctc_loss, guided_attention_loss
+from src.models.registry import Family, register_family
 
 State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context), all batch-first
 
@@ -48,30 +52,6 @@ def listener_output_lengths(lengths, conv_stride: int, n_layers: int):
     for _ in range(n_layers):
         out = (out + 1) // 2  # ceil(T / 2)
     return out
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(B,) integer lengths -> (B, max_len) bool, True on real frames."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-class Encoded(NamedTuple):
-    """What the listener hands the speller and the decoders.
-
-    keys (B, T', A), values (B, T', A), lens (B,) long;
-    ctc_log_probs (B, T'', V) log-softmax over the vocabulary (blank = PAD = 0)
-    or None, with its own lengths ctc_lens (B,) (T'' = T' * 2 ** (layers - ctc_layer)).
-    """
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    lens: torch.Tensor
-    ctc_log_probs: torch.Tensor | None = None
-    ctc_lens: torch.Tensor | None = None
-
-    def index_select(self, index: torch.Tensor) -> "Encoded":
-        """Rows ``index`` (B',) of every tensor (e.g. to repeat each utterance K times)."""
-        return Encoded(*(None if t is None else t.index_select(0, index) for t in self))
 
 
 class LockedDropout(nn.Module):
@@ -280,59 +260,46 @@ class Speller(nn.Module):
 class LAS(nn.Module):
     """Listener + Speller (+ CTC head); see the module docstring for the interface."""
 
-    def __init__(
-        self,
-        n_mels: int,
-        vocab_size: int,
-        *,
-        conv_channels: int = 128,
-        conv_stride: int = 1,
-        listener_hidden: int = 192,
-        listener_layers: int = 3,
-        locked_dropout: float = 0.1,
-        attention_dim: int = 128,
-        embedding_dim: int = 128,
-        speller_hidden: int = 256,
-        speller_dropout: float = 0.1,
-        tie_weights: bool = True,
-        ctc_head: bool = True,
-        ctc_layer: int = 2,
-    ):
+    family = "las"
+    has_attention = True  # the loop runs teacher forcing and guided attention for it
+
+    def __init__(self, n_mels: int, vocab_size: int, cfg: LASConfig | None = None):
         super().__init__()
-        if ctc_head and not 1 <= ctc_layer <= listener_layers:
-            raise ValueError(f"ctc_layer must be in 1..{listener_layers}, got {ctc_layer}")
+        cfg = cfg or LASConfig()
+        self.cfg = cfg
         self.vocab_size = vocab_size
-        self.conv_stride = conv_stride
-        self.listener_layers = listener_layers
         self.listener = Listener(
-            n_mels, conv_channels, conv_stride, listener_hidden, listener_layers, locked_dropout,
-            ctc_layer if ctc_head else 0,
+            n_mels, cfg.conv_channels, cfg.conv_stride, cfg.listener_hidden, cfg.listener_layers,
+            cfg.locked_dropout, cfg.ctc_layer if cfg.ctc_head else 0,
         )
         self.speller = Speller(
-            vocab_size, embedding_dim, speller_hidden, attention_dim, self.listener.output_dim,
-            speller_dropout, tie_weights,
+            vocab_size, cfg.embedding_dim, cfg.speller_hidden, cfg.attention_dim, self.listener.output_dim,
+            cfg.speller_dropout, cfg.tie_weights,
         )
-        self.ctc = nn.Linear(2 * listener_hidden, vocab_size) if ctc_head else None
+        self.ctc = nn.Linear(2 * cfg.listener_hidden, vocab_size) if cfg.ctc_head else None
 
     def output_lengths(self, feature_lens: torch.Tensor) -> torch.Tensor:
         """Listener output lengths T' (B,) for input lengths (B,)."""
-        return listener_output_lengths(feature_lens, self.conv_stride, self.listener_layers)
+        return listener_output_lengths(feature_lens, self.cfg.conv_stride, self.cfg.listener_layers)
 
-    def encode(self, features: torch.Tensor, feature_lens: torch.Tensor) -> Encoded:
-        """features (B, T, D), feature_lens (B,) -> Encoded (keys/values (B, T', A))."""
+    def encode(self, features: torch.Tensor, feature_lens: torch.Tensor) -> EncoderOutput:
+        """features (B, T, D), feature_lens (B,) -> EncoderOutput with memory = (keys, values) (B, T', A)."""
         out, lens, ctc_x, ctc_lens = self.listener(features, feature_lens)
         keys, values = self.speller.attention.project(out)
         ctc_log_probs = None
         if self.ctc is not None:
             ctc_log_probs = F.log_softmax(self.ctc(ctc_x).float(), dim=-1)  # (B, T'', 2H) -> (B, T'', V)
-        return Encoded(keys, values, lens, ctc_log_probs, ctc_lens)
+        return EncoderOutput((keys, values), lens, ctc_log_probs, ctc_lens if self.ctc is not None else None)
 
-    def init_state(self, encoded: Encoded) -> State:
-        return self.speller.init_state(encoded.keys.size(0), encoded.keys)
+    def init_state(self, encoded: EncoderOutput) -> State:
+        keys = encoded.memory[0]
+        return self.speller.init_state(keys.size(0), keys)
 
-    def step(self, tokens: torch.Tensor, state: State, encoded: Encoded) -> tuple[torch.Tensor, State, torch.Tensor]:
+    def step(self, tokens: torch.Tensor, state: State, encoded: EncoderOutput
+             ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """tokens (B,) long -> logits (B, V), new state, attn (B, T')."""
-        out, state, attn = self.speller.step_features(tokens, state, encoded.keys, encoded.values, encoded.lens)
+        keys, values = encoded.memory
+        out, state, attn = self.speller.step_features(tokens, state, keys, values, encoded.lens)
         return self.speller.char_logits(out), state, attn
 
     @staticmethod
@@ -340,21 +307,16 @@ class LAS(nn.Module):
         """index_select every state tensor on dim 0 (beam search bookkeeping)."""
         return tuple(t.index_select(0, index) for t in state)
 
-    def forward(
-        self,
-        features: torch.Tensor,
-        feature_lens: torch.Tensor,
-        tokens_in: torch.Tensor,
-        teacher_forcing_rate: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor, Encoded]:
-        """Teacher-forced forward: a loop over the step recurrence.
+    def teacher_forced(self, encoded: EncoderOutput, tokens_in: torch.Tensor, teacher_forcing_rate: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The speller over a whole target: a loop over the step recurrence.
 
         tokens_in (B, U) = [SOS, c1, ..., cn] (padded). At each step u > 0 each
         utterance feeds the ground truth tokens_in[:, u] with probability
         ``teacher_forcing_rate``, else its own previous argmax prediction.
-        Returns logits (B, U, V), attn (B, U, T'), encoded.
+        Returns logits (B, U, V) and attn (B, U, T').
         """
-        encoded = self.encode(features, feature_lens)
+        keys, values = encoded.memory
         state = self.init_state(encoded)
         steps = tokens_in.size(1)
         sample = teacher_forcing_rate < 1.0 and self.training
@@ -366,7 +328,7 @@ class LAS(nn.Module):
                 if sample:
                     use_truth = torch.rand(tokens.shape, device=tokens.device) < teacher_forcing_rate
                     tokens = torch.where(use_truth, tokens, logits[-1].detach().argmax(dim=-1))
-            out, state, attn = self.speller.step_features(tokens, state, encoded.keys, encoded.values, encoded.lens)
+            out, state, attn = self.speller.step_features(tokens, state, keys, values, encoded.lens)
             attns.append(attn)
             if sample:  # the next input may be this prediction
                 logits.append(self.speller.char_logits(out))
@@ -376,15 +338,54 @@ class LAS(nn.Module):
             all_logits = torch.stack(logits, dim=1)  # U x (B, V) -> (B, U, V)
         else:  # same network, applied once to every step: (B, U, Hs + A) -> (B, U, V)
             all_logits = self.speller.char_logits(torch.stack(embedded_outs, dim=1))
-        return all_logits, torch.stack(attns, dim=1), encoded  # attn: U x (B, T') -> (B, U, T')
+        return all_logits, torch.stack(attns, dim=1)  # attn: U x (B, T') -> (B, U, T')
+
+    @staticmethod
+    def loss_options(training_cfg) -> dict:
+        """The settings of ``training:`` that this objective reads (the hooks add the rest)."""
+        return {"label_smoothing": training_cfg.label_smoothing, "ctc_weight": training_cfg.ctc_weight,
+                "guided_sigma": training_cfg.guided_attention_sigma}
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        feature_lens: torch.Tensor,
+        tokens: torch.Tensor,
+        token_lens: torch.Tensor,
+        *,
+        teacher_forcing_rate: float = 1.0,
+        label_smoothing: float = 0.0,
+        ctc_weight: float = 0.0,
+        guided_attention: float = 0.0,
+        guided_sigma: float = 0.3,
+    ) -> LossOutput:
+        """The objective: (1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC,
+        plus ``guided_attention`` * the guided-attention loss when that weight is above 0.
+
+        tokens (B, U) = [SOS, c1..cn, EOS, PAD..], token_lens (B,) counting SOS and EOS.
+        Parts: att, ctc, ga. A CTC weight of 0 still runs the head (DDP needs every
+        parameter in the graph).
+        """
+        tokens_in, targets = tokens[:, :-1], tokens[:, 1:]  # (B, U) -> (B, U-1) each: [SOS, c..] / [c.., EOS]
+        encoded = self.encode(features, feature_lens)
+        logits, attn = self.teacher_forced(encoded, tokens_in, teacher_forcing_rate)
+        att = attention_cross_entropy(logits, targets, label_smoothing)
+        loss = att
+        parts = {"att": float(att.detach()), "ctc": 0.0, "ga": 0.0}
+        if encoded.ctc_log_probs is not None:
+            ctc = ctc_loss(encoded, tokens, token_lens)
+            loss = (1.0 - ctc_weight) * att + ctc_weight * ctc
+            parts["ctc"] = float(ctc.detach())
+        if guided_attention > 0.0:
+            ga = guided_attention_loss(attn, token_lens - 1, encoded.lens, sigma=guided_sigma)
+            loss = loss + guided_attention * ga
+            parts["ga"] = float(ga.detach())
+        return LossOutput(loss, parts, encoded, attn)
 
 
-def ctc_targets(tokens: torch.Tensor, token_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows [SOS, c1..cn, EOS, PAD...] (B, U) -> targets (B, U-2) = [c1..cn, PAD...], lens (B,) = n."""
-    return tokens[:, 1:-1].clone(), token_lens - 2
+register_family(Family("las", LASConfig, lambda cfg, n_mels, vocab_size: LAS(n_mels, vocab_size, cfg)))
 
 
 __all__ = [
-    "Attention", "Encoded", "LAS", "Listener", "LockedDropout", "PAD", "Speller", "State",
-    "ctc_targets", "lengths_to_mask", "listener_output_lengths", "pBLSTM",
+    "Attention", "LAS", "Listener", "LockedDropout", "Speller", "State", "listener_output_lengths", "pBLSTM",
 ]

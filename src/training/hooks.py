@@ -1,0 +1,83 @@
+"""Training features that only families with attention use (``model.has_attention``).
+
+    teacher forcing    the rate fed to the objective; decays in stages once its
+                       trigger (epoch, dev alignment, dev CER) has fired
+    guided attention   the weight of the guided-attention loss, dropped once the
+                       dev attention has aligned (training.guided_attention_until_aligned)
+    alignment          how diagonal the dev attention is (src/schedules.py), which
+                       triggers both of the above
+
+The loop knows hooks only through this small protocol, so a CTC family runs
+through the same loop with none of them:
+
+    options = hook.batch_options()          # extra objective options for a training batch
+    options = hook.dev_options()            # ... for a dev batch
+    hook.dev_begin(); hook.observe_dev(out, batch) per dev batch; metrics = hook.dev_end()
+    summary = hook.end_of_epoch(epoch, dev_metrics)     # e.g. "align 0.90  tf 1.000->0.990"
+    hook.state  (a plain dict saved in last.pt; a resumed run continues from it)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from src.models.interface import LossOutput, has_attention
+from src.schedules import TeacherForcingState, attention_diagonality, next_teacher_forcing
+
+
+class AttentionHooks:
+    """Teacher forcing, guided attention and dev alignment for an attention family."""
+
+    name = "attention"
+
+    def __init__(self, training_cfg: Any, state: dict | None = None):
+        self.t = training_cfg
+        self.state = state or {"teacher_forcing": TeacherForcingState(rate=training_cfg.teacher_forcing.start).as_dict(),
+                               "aligned": False}
+        self._diag: list[torch.Tensor] = []
+
+    @property
+    def teacher_forcing_rate(self) -> float:
+        return float(self.state["teacher_forcing"]["rate"])
+
+    def batch_options(self) -> dict[str, float]:
+        # guided attention until the alignment trigger has fired (or for good with guided_attention_until_aligned off)
+        aligned = self.t.guided_attention_until_aligned and self.state["aligned"]
+        return {"teacher_forcing_rate": self.teacher_forcing_rate,
+                "guided_attention": 0.0 if aligned else self.t.guided_attention}
+
+    def dev_options(self) -> dict[str, float]:
+        return {"teacher_forcing_rate": 1.0, "guided_attention": 0.0}
+
+    def progress(self) -> dict[str, str]:
+        return {"tf": f"{self.teacher_forcing_rate:.2f}"}
+
+    def dev_begin(self) -> None:
+        self._diag = []
+
+    def observe_dev(self, out: LossOutput, batch) -> None:
+        if out.attention is not None:
+            self._diag.append(attention_diagonality(out.attention, batch.token_lens - 1, out.encoded.lens))
+
+    def dev_end(self) -> dict[str, float]:
+        return {"dev_alignment": float(torch.cat(self._diag).mean()) if self._diag else 0.0}
+
+    def end_of_epoch(self, epoch: int, dev_metrics: dict[str, float]) -> str:
+        tf = self.t.teacher_forcing
+        alignment = dev_metrics.get("dev_alignment", 0.0)
+        self.state["aligned"] = bool(self.state["aligned"] or alignment >= tf.trigger_alignment)
+        before = self.teacher_forcing_rate
+        self.state["teacher_forcing"] = next_teacher_forcing(
+            TeacherForcingState(**self.state["teacher_forcing"]), tf, epoch=epoch,
+            alignment=alignment, dev_cer=dev_metrics["dev_cer"]).as_dict()
+        return f"align {alignment:.2f}  tf {before:.3f}->{self.teacher_forcing_rate:.3f}"
+
+
+def hooks_for(model, training_cfg, saved: dict[str, dict] | None = None) -> list:
+    """The hooks ``model``'s capabilities call for, each restored from ``saved`` (train_state.hooks)."""
+    saved = saved or {}
+    hooks = []
+    if has_attention(model):
+        hooks.append(AttentionHooks(training_cfg, saved.get(AttentionHooks.name)))
+    return hooks

@@ -1,0 +1,560 @@
+"""The training loop: it knows no model family.
+
+    train(cfg)                        the whole run (train.py calls only this)
+    setup_run(cfg) -> Run             device, process group, data, model, optimizer, resume
+    train_one_epoch(run, epoch)       one pass over this rank's batches
+    end_of_epoch(run, epoch, ...)     dev evaluation, hooks, checkpoints, the summary line
+    probe_largest_batches(run)        OOM before epoch 0 -> advice, not a crash hours in
+
+Each batch: ``out = model(features, feature_lens, tokens, token_lens, **options)``
+(the family's objective, src/models/interface.py) with the options the family
+asks of ``training:`` plus those of its hooks (src/training/hooks.py: teacher
+forcing and guided attention for families with attention); then backward,
+clip, step. A batch whose loss or gradient is not finite is skipped and
+counted; a checkpoint is never written with a non-finite weight.
+
+Run directory (``logging.run_dir``): config.yaml (resolved), last.pt (every
+epoch, every ``checkpoint_every_minutes``, on the time budget, on Ctrl-C and on
+SIGTERM), best.pt (by dev mean Levenshtein), attention/epoch_XXX.png (families
+with attention), train.log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from src import distributed as dist_utils
+from src.atomic import write_text_atomic
+from src.checkpoint import load_checkpoint
+from src.config import Config, dump_yaml
+from src.errors import Terminated, UserError
+from src.models import build_model, count_parameters
+from src.models.registry import family_config
+from src.schedules import PlateauState, plateau_update
+from src.training.evaluation import DevResult, compute_loss, evaluate, save_attention_png
+from src.training.hooks import hooks_for
+from src.training.runlog import RunLog, WarnOnce
+from src.training.state import (
+    Run,
+    TrainState,
+    check_resumable,
+    lr_for_step,
+    new_epoch_sums,
+    rng_neutral_iter,
+    rng_state,
+    save_best,
+    save_last,
+    seed_everything,
+    set_rng_state,
+)
+from src.vocab import VOCAB
+
+# --------------------------------------------------------------------------
+# Parts of a run
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """None (fp32) on CPU or amp=none; bf16 when asked for or (auto) when the GPU has it, else fp16
+    with a GradScaler. Not measured on a GPU: none was available while this was written."""
+    if device.type != "cuda" or amp == "none":
+        return None
+    if amp == "bf16":
+        if not torch.cuda.is_bf16_supported():
+            raise UserError("config: training.amp=bf16 but this GPU has no bfloat16; use training.amp=fp16 or auto")
+        return torch.bfloat16
+    if amp == "auto" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class SubsetDataset(torch.utils.data.Dataset):
+    """Some utterances of a SpeechDataset, keeping ``frame_lengths``/``names`` for the sampler."""
+
+    def __init__(self, dataset, indices: np.ndarray):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.frame_lengths = np.asarray(dataset.frame_lengths)[self.indices]
+        self.names = [dataset.names[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        item = dict(self.dataset[int(self.indices[i])])
+        item["index"] = i
+        return item
+
+
+class SpecAugment(nn.Module):
+    """torchaudio FrequencyMasking / TimeMasking with independent masks per utterance."""
+
+    def __init__(self, sa_cfg):
+        super().__init__()
+        import torchaudio.transforms as T
+
+        self.masks = nn.ModuleList(
+            [T.FrequencyMasking(sa_cfg.freq_mask, iid_masks=True) for _ in range(sa_cfg.n_freq_masks)]
+            + [T.TimeMasking(sa_cfg.time_mask, iid_masks=True) for _ in range(sa_cfg.n_time_masks)]
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, T, D) -> (B, T, D) with masked bands set to 0 (the utterance mean)."""
+        x = features.transpose(1, 2).unsqueeze(1)  # (B, T, D) -> (B, 1, D, T): torchaudio's layout
+        for mask in self.masks:
+            x = mask(x)
+        return x.squeeze(1).transpose(1, 2)  # (B, 1, D, T) -> (B, T, D)
+
+
+def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms (1-D parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": train_cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def _load_data(cfg: Config, info: dist_utils.DistInfo):
+    from src.data.dataset import SpeechDataset
+    from src.data.layout import resolve_data_root
+
+    root = resolve_data_root(cfg.data)
+    if cfg.data.check:
+        if info.is_main:
+            from src.data.check import check_data
+
+            check_data(root, [cfg.data.train_partition, cfg.data.dev_partition], n_mels=cfg.data.n_mels)
+        dist_utils.barrier(info)
+    kwargs = dict(n_mels=cfg.data.n_mels, normalize=cfg.data.normalize, in_memory=cfg.data.in_memory)
+    train_set = SpeechDataset(root, cfg.data.train_partition, **kwargs)
+    dev_set = SpeechDataset(root, cfg.data.dev_partition, **kwargs)
+    if len(train_set) < info.world_size:
+        raise UserError(f"{root}: {cfg.data.train_partition} has {len(train_set)} utterances, "
+                        f"fewer than the {info.world_size} processes")
+    if cfg.training.dev_max_utterances and cfg.training.dev_max_utterances < len(dev_set):
+        pick = np.unique(np.linspace(0, len(dev_set) - 1, cfg.training.dev_max_utterances).round().astype(np.int64))
+        dev_set = SubsetDataset(dev_set, pick)  # spread over the whole (sorted) partition
+    return root, train_set, dev_set
+
+
+def config_summary(cfg: Config) -> str:
+    """The few settings a person checks at start (the whole resolved config is in run_dir/config.yaml)."""
+    t, d = cfg.training, cfg.data
+    budget = f", budget {t.max_minutes:g} min" if t.max_minutes > 0 else ""
+    return (f"config: family {cfg.model.family}, {t.epochs} epochs{budget}, lr {t.lr:g} ({t.scheduler}), "
+            f"batches <= {d.max_utterances_per_batch} utts / {d.max_frames_per_batch} frames, "
+            f"decoding {cfg.decoding.method}; all settings: {cfg.logging.run_dir}/config.yaml")
+
+
+def setup_run(cfg: Config) -> Run:
+    """Device, process group, data, model, optimizer, resume state, logging."""
+    device = dist_utils.choose_device(cfg.training.device, dist_utils.local_rank_from_env())
+    info = dist_utils.init_distributed(device)
+    run_dir = cfg.logging.run_dir
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    warn = WarnOnce()
+
+    root, train_set, dev_set = _load_data(cfg, info)
+    seed_everything(cfg.training.seed)  # same initial weights on every rank
+    model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).to(device)
+    optimizer = make_optimizer(model, cfg.training)
+    amp_dtype = autocast_dtype(cfg.training.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    from src.data.dataset import LengthBucketSampler
+
+    steps_per_epoch = len(LengthBucketSampler(
+        train_set.frame_lengths, cfg.data.max_frames_per_batch, cfg.data.max_utterances_per_batch,
+        shuffle=True, seed=cfg.training.seed, num_replicas=info.world_size, rank=info.rank))
+
+    state = TrainState()
+    last = run_dir / "last.pt"
+    ckpt = None
+    notice = None
+    if cfg.training.resume and last.is_file():
+        ckpt = load_checkpoint(last, map_location="cpu")
+        notice = check_resumable(ckpt, cfg, last)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        state = TrainState.from_checkpoint(ckpt["train_state"])
+        state.finished = False
+
+    if info.is_main:  # written once the config, the data and the checkpoint have all been accepted
+        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    run = Run(cfg=cfg, device=device, info=info, model=dist_utils.wrap_model(model, info, device),
+              optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, train_set=train_set, dev_set=dev_set,
+              run_dir=run_dir, state=state, steps_per_epoch=steps_per_epoch, warn=warn,
+              minutes_at_start=state.elapsed_minutes,
+              loss_options=type(model).loss_options(cfg.training) if hasattr(model, "loss_options") else {},
+              hooks=hooks_for(model, cfg.training, state.hooks))
+    run.sync_hook_state()
+    if cfg.training.specaugment.start_epoch >= 0:
+        run.specaugment = SpecAugment(cfg.training.specaugment).to(device)
+    run.log = RunLog(cfg, run_dir, info.is_main, warn, state.wandb_id)
+    state.wandb_id = run.log.wandb_id
+    run.log.line(config_summary(cfg))
+    seed_everything(cfg.training.seed + info.rank)  # training randomness differs between ranks
+    if ckpt is not None:
+        if info.is_main:
+            set_rng_state(ckpt["rng"])
+        else:  # only rank 0's RNG is saved: the others restart from a fresh, step-dependent seed
+            seed_everything(cfg.training.seed + info.rank + 1000003 * state.global_step)
+        run.log.line(f"resumed from {last}: epoch {state.epoch + 1}, batch {state.batch}, "
+                     f"step {state.global_step}, {state.elapsed_minutes:.1f} min so far")
+        if notice:
+            run.log.line(notice)
+    n_params = count_parameters(run.core)
+    run.log.line(
+        f"data {root}: train {cfg.data.train_partition} {len(train_set)} utts, dev {cfg.data.dev_partition} "
+        f"{len(dev_set)} utts; model {cfg.model.family} {n_params / 1e6:.2f}M parameters; device {device}"
+        f"{f' x{info.world_size} ranks' if info.enabled else ''}; amp {amp_dtype or 'fp32'}"
+    )
+    return run
+
+
+# --------------------------------------------------------------------------
+# Out-of-memory probe
+
+
+def probe_largest_batches(run: Run, n_batches: int = 2) -> None:
+    """Forward + backward the biggest batches once (RNG-neutral, no update).
+
+    Biggest: the most padded frames (B * max T) and the longest utterance. An
+    out-of-memory error becomes a UserError that says which setting to lower.
+    """
+    from src.data.dataset import LengthBucketSampler, collate
+
+    cfg = run.cfg
+    sampler = LengthBucketSampler(run.train_set.frame_lengths, cfg.data.max_frames_per_batch,
+                                  cfg.data.max_utterances_per_batch, shuffle=False)
+    lengths = run.train_set.frame_lengths
+    batches = sampler.all_batches()
+    by_frames = sorted(batches, key=lambda b: len(b) * int(max(lengths[i] for i in b)), reverse=True)
+    chosen = by_frames[: max(1, n_batches - 1)] + [batches[-1]]  # unshuffled: the last has the longest
+    model = run.core
+    saved = rng_state()
+    try:
+        for indices in chosen:
+            batch = collate([run.train_set[i] for i in indices]).to(run.device)
+            with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
+                                enabled=run.amp_dtype is not None):
+                out = compute_loss(model, batch, **run.dev_options())
+            run.scaler.scale(out.loss).backward()
+            model.zero_grad(set_to_none=True)
+            del out, batch
+    except torch.OutOfMemoryError:
+        model.zero_grad(set_to_none=True)
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise UserError(
+            f"out of memory on a batch of {len(indices)} utterances (the largest of data.max_frames_per_batch="
+            f"{cfg.data.max_frames_per_batch}); set a smaller data.max_frames_per_batch "
+            f"(e.g. {cfg.data.max_frames_per_batch // 2}) or smaller model sizes"
+        ) from None
+    finally:
+        set_rng_state(saved)
+
+
+# --------------------------------------------------------------------------
+# Training
+
+
+class StopTraining(Exception):
+    """The wall-clock budget is used up (a checkpoint has been written)."""
+
+
+class TerminationRequest:
+    """SIGTERM (cluster preemption, ``timeout``, ``kill``) handled like Ctrl-C.
+
+    Inside the batch loop the signal only sets a flag, checked before each
+    batch, so the run stops between two optimizer steps and last.pt resumes
+    exactly; anywhere else (dev evaluation, set-up) it raises at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_batch_loop = False
+        self._previous = None
+
+    def __enter__(self) -> "TerminationRequest":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        if not self.in_batch_loop:
+            raise Terminated("SIGTERM")
+
+
+def shared_elapsed_minutes(run: Run) -> float:
+    """Training minutes so far; under DDP with a budget, rank 0's clock on every rank
+    (the budget stop and a time-annealed lr must agree across ranks)."""
+    minutes = run.elapsed_minutes()
+    if run.info.enabled and run.cfg.training.max_minutes > 0:
+        box = torch.tensor([minutes], dtype=torch.float64, device=run.device)
+        torch.distributed.broadcast(box, src=0)
+        minutes = float(box.item())
+    return minutes
+
+
+def gradient_norm(run: Run) -> torch.Tensor:
+    """Clip to training.grad_clip (when > 0) and return the global gradient norm (inf/NaN if any is)."""
+    clip = run.cfg.training.grad_clip
+    return torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip if clip > 0 else math.inf)
+
+
+def skip_batch(run: Run, batch, what: str) -> None:
+    """Count a skipped batch and warn once, naming its utterances."""
+    run.state.nan_skips += 1
+    run.state.epoch_sums["skipped"] += 1
+    names = ", ".join(batch.names[:4]) + (f" and {len(batch.names) - 4} more" if len(batch.names) > 4 else "")
+    run.warn("nan", f"non-finite {what} at step {run.state.global_step} (utterances {names}): batch skipped "
+                    "(counted in the epoch summary; this warning is shown once)")
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None) -> dict[str, float]:
+    """One pass over this rank's batches of ``epoch`` (resuming at run.state.batch)."""
+    from src.data.dataset import make_loader
+
+    cfg, state, t = run.cfg, run.state, run.cfg.training
+    stop = stop or TerminationRequest()
+    shuffle = epoch >= t.sortagrad_epochs  # SortaGrad: the first epochs go shortest first
+    loader = make_loader(run.train_set, cfg.data, shuffle=shuffle, seed=t.seed, epoch=epoch,
+                         num_replicas=run.info.world_size, rank=run.info.rank, skip_batches=state.batch)
+    n_utts = sum(len(b) for b in loader.batch_sampler)
+    augment = run.specaugment is not None and epoch >= t.specaugment.start_epoch
+    options = run.batch_options()  # fixed for the epoch: hooks change only between epochs
+    run.model.train()
+    bar = tqdm(total=n_utts, unit="utt", desc=f"epoch {epoch + 1}/{t.epochs}", disable=not run.info.is_main,
+               leave=False, dynamic_ncols=True)
+    sums = state.epoch_sums
+    start = time.monotonic()
+    lr = math.nan
+    try:
+        stop.in_batch_loop = True
+        for batch in rng_neutral_iter(loader):
+            run.rng_at_batch_start = rng_state()
+            if dist_utils.any_true(stop.requested, run.info, run.device):
+                raise Terminated("SIGTERM")
+            elapsed = shared_elapsed_minutes(run)
+            if 0 < t.max_minutes <= elapsed:  # checked before the batch: nothing of it is consumed
+                save_last(run)
+                raise StopTraining
+            batch = batch.to(run.device)
+            lr = lr_for_step(run, state.global_step, elapsed)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
+                                enabled=run.amp_dtype is not None):
+                features = run.specaugment(batch.features) if augment else batch.features
+                out = compute_loss(run.model, batch, features=features, **options)
+            loss = out.loss
+            if not dist_utils.all_true(bool(torch.isfinite(loss)), run.info, run.device):
+                skip_batch(run, batch, "loss")
+            else:
+                run.scaler.scale(loss).backward()
+                run.scaler.unscale_(run.optimizer)
+                norm = gradient_norm(run)  # the same on every rank: DDP has averaged the gradients
+                if not bool(torch.isfinite(norm)):
+                    skip_batch(run, batch, "gradient")
+                    run.scaler.update()  # fp16: lowers the scale after an overflow (no-op when disabled)
+                else:
+                    run.scaler.step(run.optimizer)
+                    run.scaler.update()
+                    run.optimizer.zero_grad(set_to_none=True)
+                    b = len(batch)
+                    sums["loss"] += float(loss.detach()) * b
+                    for name, value in out.parts.items():
+                        sums[name] = sums.get(name, 0.0) + value * b
+                    sums["utts"] += b
+            state.global_step += 1
+            state.batch += 1
+            sums["batches"] += 1
+            bar.update(len(batch))
+            if run.info.is_main and state.global_step % max(1, cfg.logging.log_every) == 0:
+                avg = sums["loss"] / max(1, sums["utts"])
+                postfix = {"loss": f"{avg:.3f}", "lr": f"{lr:.2e}"}
+                for hook in run.hooks:
+                    postfix.update(hook.progress())
+                bar.set_postfix(postfix)
+                run.log.log({"train/loss": float(loss.detach()), "train/lr": lr,
+                             **{f"train/{k}": v for k, v in out.parts.items()}, **{f"train/{k}": v for k, v in options.items()},
+                             "train/epoch": epoch + state.batch / max(1, run.steps_per_epoch)},
+                            step=state.global_step)
+            run.rng_at_batch_start = None
+            every = t.checkpoint_every_minutes
+            if every > 0 and time.monotonic() - run.last_save >= every * 60:
+                save_last(run)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated) between batches
+        # an interrupted batch is dropped: save the state from before it
+        save_last(run, rng=run.rng_at_batch_start)
+        run.saved_on_interrupt = True
+        bar.close()
+        run.log.line(f"{_interruption(stop)}: saved {run.run_dir / 'last.pt'} at epoch {epoch + 1}, "
+                     f"batch {state.batch}")
+        raise
+    finally:
+        stop.in_batch_loop = False
+        bar.close()
+    seconds = time.monotonic() - start
+    utts = max(1, sums["utts"])
+    parts = {k: v / utts for k, v in sums.items() if k not in new_epoch_sums()}
+    return {"train_loss": sums["loss"] / utts, "parts": parts, "utts_per_s": n_utts / max(seconds, 1e-9), "lr": lr,
+            "batches": sums["batches"], "skipped": sums["skipped"]}
+
+
+def _interruption(stop: TerminationRequest) -> str:
+    return "terminated (SIGTERM)" if stop.requested else "interrupted"
+
+
+def dev_decoding(cfg: Config):
+    """Dev scoring during training: the configured decoder settings, greedy (fast; test.py may beam)."""
+    return dataclasses.replace(cfg.decoding, method="greedy")
+
+
+def evaluate_dev(run: Run) -> tuple[DevResult, dict[str, float]]:
+    """Score the dev set on rank 0; every rank gets the metrics."""
+    from src.data.dataset import make_loader
+
+    cfg = run.cfg
+    dev = DevResult()
+    if run.info.is_main:
+        loader = make_loader(run.dev_set, dataclasses.replace(cfg.data, num_workers=min(cfg.data.num_workers, 1)),
+                             shuffle=False, seed=0)
+        dev = evaluate(run.core, loader, run.device, options=run.dev_options(), hooks=run.hooks,
+                       decoding=dev_decoding(cfg), amp_dtype=run.amp_dtype)
+    return dev, dist_utils.broadcast_object(dev.metrics(), run.info)
+
+
+def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> DevResult:
+    """The time budget ended mid-epoch: score dev once more, so that best.pt gets
+    the last weights when they are the best. ``rng``: the RNG state saved in
+    last.pt at the stop, kept so that a resume continues exactly from there."""
+    state = run.state
+    dev, dev_metrics = evaluate_dev(run)
+    dev_lev = dev_metrics["dev_lev"]
+    improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
+    if improved:
+        state.best_dev_lev = dev_lev
+        metrics = {**dev_metrics, "epoch": state.epoch + state.batch / max(1, run.steps_per_epoch)}
+        save_last(run, metrics, rng=rng)  # same position and RNG, new best_dev_lev
+        save_best(run, metrics)
+    run.log.line(f"at the budget: dev lev {dev_lev:.2f} cer {dev_metrics['dev_cer']:.3f}"
+                 f"{'  *best*' if improved else ''}")
+    return dev
+
+
+def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResult:
+    """Dev evaluation (rank 0), hooks and schedule updates (all ranks), checkpoints, summary."""
+    cfg, state, t = run.cfg, run.state, run.cfg.training
+    dev, dev_metrics = evaluate_dev(run)
+    hook_summary = "  ".join(hook.end_of_epoch(epoch, dev_metrics) for hook in run.hooks)
+    dev_lev = dev_metrics["dev_lev"]
+    if t.scheduler == "plateau" and not math.isnan(dev_lev):
+        state.plateau = dataclasses.asdict(plateau_update(PlateauState(**state.plateau), dev_lev,
+                                                          factor=t.plateau_factor, patience=t.plateau_patience))
+    improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
+    if improved:
+        state.best_dev_lev = dev_lev
+    state.epoch = epoch + 1
+    state.batch = 0
+    state.epoch_sums = new_epoch_sums()
+    state.finished = state.epoch >= t.epochs
+    metrics = {"train_loss": train_metrics["train_loss"], **train_metrics["parts"], **dev_metrics,
+               "epoch": epoch + 1, "nan_skips": state.nan_skips}
+    save_last(run, metrics)
+    if improved:
+        save_best(run, metrics)
+    if run.info.is_main:
+        png = run.run_dir / "attention" / f"epoch_{epoch + 1:03d}.png"
+        if dev.attention is not None:
+            save_attention_png(dev.attention, png, f"epoch {epoch + 1}  {hook_summary}\n"
+                               f"hyp: {dev.hypothesis[:90]}\nref: {dev.reference[:90]}")
+            run.log.image("dev/attention", png, state.global_step, dev.hypothesis)
+        run.log.log({f"dev/{k[4:]}": v for k, v in dev_metrics.items()} | {
+            "train/epoch_loss": train_metrics["train_loss"], "train/utts_per_s": train_metrics["utts_per_s"],
+            "train/nan_skips": state.nan_skips}, step=state.global_step)
+        run.log.line(f"  dev sample  hyp: {dev.hypothesis}\n  dev sample  ref: {dev.reference}", console=False)
+    parts = " ".join(f"{k} {v:.3f}" for k, v in train_metrics["parts"].items())
+    skipped = train_metrics["skipped"]
+    run.log.line(
+        f"epoch {epoch + 1}/{t.epochs}  train {train_metrics['train_loss']:.3f}{f' ({parts})' if parts else ''}  "
+        f"dev loss {dev_metrics['dev_loss']:.3f} lev {dev_lev:.2f} cer {dev_metrics['dev_cer']:.3f}"
+        f"{'  ' + hook_summary if hook_summary else ''}  "
+        f"lr {train_metrics['lr']:.2e}  {train_metrics['utts_per_s']:.1f} utt/s  "
+        f"{run.elapsed_minutes():.1f} min{'  *best*' if improved else ''}"
+        f"{f'  skipped {skipped} non-finite batches' if skipped else ''}"
+        f"  ({train_metrics['batches']} batches)"
+    )
+    return dev
+
+
+def show_examples(run: Run, dev: DevResult | None) -> None:
+    """A few dev transcripts next to their references, so a person sees what the score means."""
+    if dev is None or not dev.examples or not run.info.is_main:
+        return
+    run.log.line("dev examples (reference / hypothesis):")
+    for name, ref, hyp in dev.examples:
+        run.log.line(f"  {name}\n    ref: {ref}\n    hyp: {hyp}")
+
+
+def train(cfg: Config) -> Run:
+    """Train per ``cfg`` (resuming when asked and possible); returns the finished Run."""
+    with TerminationRequest() as stop:
+        run = setup_run(cfg)
+        state, t = run.state, cfg.training
+        dev = None
+        try:
+            if state.epoch >= t.epochs:
+                run.log.line(f"nothing to do: {run.run_dir / 'last.pt'} has finished {state.epoch} of "
+                             f"{t.epochs} epochs; raise training.epochs to continue")
+                return run
+            if t.max_minutes > 0 and state.elapsed_minutes >= t.max_minutes:
+                run.log.line(f"nothing to do: the run has used its budget training.max_minutes={t.max_minutes}")
+                return run
+            if state.global_step == 0 and run.device.type == "cuda":
+                probe_largest_batches(run)
+            for epoch in range(state.epoch, t.epochs):
+                train_metrics = train_one_epoch(run, epoch, stop)
+                dev = end_of_epoch(run, epoch, train_metrics)
+            run.log.line(f"done: {t.epochs} epochs, best dev lev {state.best_dev_lev:.2f}, "
+                         f"{run.elapsed_minutes():.1f} min; checkpoints in {run.run_dir}")
+            show_examples(run, dev)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+            if not run.saved_on_interrupt:  # e.g. during the dev evaluation: resume redoes it
+                save_last(run)
+                run.log.line(f"{_interruption(stop)}: saved {run.run_dir / 'last.pt'}")
+            raise
+        except StopTraining:
+            run.log.line(f"time budget training.max_minutes={t.max_minutes} reached at epoch {state.epoch + 1}, "
+                         f"batch {state.batch}: saved {run.run_dir / 'last.pt'}")
+            if state.batch > 0:  # weights trained since the last dev evaluation
+                dev = evaluate_at_budget(run, rng_state())
+            show_examples(run, dev)
+        finally:
+            if run.log is not None:
+                run.log.finish()
+            dist_utils.cleanup()
+    return run

@@ -1,0 +1,230 @@
+"""Run state and exact resume: what last.pt holds besides the weights, and the RNG bookkeeping.
+
+Resume (``training.resume``, on when run_dir/last.pt exists) restores model,
+optimizer, schedule, scaler, the hooks' state (teacher forcing ...), epoch,
+batch position and the python/numpy/torch RNG states; building a DataLoader
+iterator is made RNG-neutral, so on CPU 2 epochs straight and 1 epoch +
+resume + 1 epoch give identical weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from src import distributed as dist_utils
+from src.checkpoint import model_spec, save_checkpoint
+from src.config import Config, to_dict
+from src.errors import UserError
+from src.models.registry import family_config
+from src.schedules import PlateauState, cosine_lr, plateau_lr
+from src.training.runlog import RunLog, WarnOnce
+from src.vocab import VOCAB
+
+# --------------------------------------------------------------------------
+# Random number generators
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # a different number of GPUs: keep the fresh CUDA state
+            pass
+
+
+def rng_neutral_iter(loader):
+    """iter(loader) without touching the global RNGs (DataLoader draws a base seed from torch)."""
+    saved = rng_state()
+    it = iter(loader)
+    set_rng_state(saved)
+    return it
+
+
+# --------------------------------------------------------------------------
+# State
+
+
+def new_epoch_sums() -> dict[str, float]:
+    """Per-epoch sums: loss and each objective part (times utterances), utterances, batches, skipped."""
+    return {"loss": 0.0, "utts": 0, "batches": 0, "skipped": 0}
+
+
+@dataclass
+class TrainState:
+    """Where the run is: everything besides weights/optimizer that a resume needs."""
+
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches of ``epoch`` already done
+    global_step: int = 0  # optimizer steps so far
+    hooks: dict = field(default_factory=dict)  # hook name -> its state (e.g. attention: teacher forcing)
+    plateau: dict = field(default_factory=lambda: dataclasses.asdict(PlateauState()))
+    best_dev_lev: float = math.inf
+    nan_skips: int = 0  # batches skipped for a non-finite loss or gradient, over the whole run
+    elapsed_minutes: float = 0.0  # training wall clock over all sessions of this run
+    epoch_sums: dict = field(default_factory=new_epoch_sums)
+    wandb_id: str | None = None
+    finished: bool = False
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> "TrainState":
+        """A TrainState from last.pt, including those written before hooks existed."""
+        saved = dict(saved)
+        if "teacher_forcing" in saved:  # written by the LAS-only loop: its attention state moves to hooks
+            saved["hooks"] = {"attention": {"teacher_forcing": saved.pop("teacher_forcing"),
+                                            "aligned": bool(saved.pop("aligned", False))}}
+        saved["epoch_sums"] = {**new_epoch_sums(), **saved.get("epoch_sums", {})}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
+
+
+@dataclass
+class Run:
+    """Everything one training run holds (built by ``src.training.loop.setup_run``)."""
+
+    cfg: Config
+    device: torch.device
+    info: dist_utils.DistInfo
+    model: nn.Module  # possibly DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    train_set: Any
+    dev_set: Any
+    run_dir: Path
+    state: TrainState
+    steps_per_epoch: int
+    loss_options: dict = field(default_factory=dict)  # the family's objective options from training:
+    hooks: list = field(default_factory=list)  # src/training/hooks.py, by capability
+    log: RunLog | None = None
+    warn: WarnOnce = field(default_factory=WarnOnce)
+    specaugment: nn.Module | None = None
+    session_start: float = field(default_factory=time.monotonic)
+    minutes_at_start: float = 0.0
+    last_save: float = field(default_factory=time.monotonic)
+    rng_at_batch_start: dict | None = None
+    saved_on_interrupt: bool = False
+
+    @property
+    def core(self) -> nn.Module:
+        return dist_utils.unwrap(self.model)
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.cfg.training.epochs * self.steps_per_epoch)
+
+    def elapsed_minutes(self) -> float:
+        return self.minutes_at_start + (time.monotonic() - self.session_start) / 60.0
+
+    def batch_options(self) -> dict:
+        options = dict(self.loss_options)
+        for hook in self.hooks:
+            options.update(hook.batch_options())
+        return options
+
+    def dev_options(self) -> dict:
+        options = dict(self.loss_options)
+        for hook in self.hooks:
+            options.update(hook.dev_options())
+        return options
+
+    def sync_hook_state(self) -> None:
+        """Copy every hook's state into the TrainState (before a checkpoint)."""
+        self.state.hooks = {hook.name: hook.state for hook in self.hooks}
+
+
+def lr_for_step(run: Run, step: int, elapsed_minutes: float) -> float:
+    t = run.cfg.training
+    if t.scheduler == "plateau":
+        return plateau_lr(step, PlateauState(**run.state.plateau), base_lr=t.lr, min_lr=t.min_lr,
+                          warmup_steps=t.warmup_steps)
+    time_fraction = elapsed_minutes / t.max_minutes if (t.anneal_by_time and t.max_minutes > 0) else 0.0
+    return cosine_lr(step, base_lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps,
+                     total_steps=run.total_steps, time_fraction=time_fraction)
+
+
+# --------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_payload(run: Run, metrics: dict[str, float] | None = None, rng: dict | None = None) -> dict[str, Any]:
+    """last.pt / best.pt: the family and its config, the front end, and the whole training state."""
+    run.sync_hook_state()
+    cfg = run.cfg
+    return {
+        "model": run.core.state_dict(),
+        "family": cfg.model.family,
+        "model_config": dataclasses.asdict(family_config(cfg.model)),
+        "front_end": {"n_mels": cfg.data.n_mels, "normalize": cfg.data.normalize},
+        "n_mels": cfg.data.n_mels,
+        "vocab": list(VOCAB),
+        "config": to_dict(cfg),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": {"kind": cfg.training.scheduler, "plateau": dict(run.state.plateau),
+                      "total_steps": run.total_steps},
+        "scaler": run.scaler.state_dict(),
+        "train_state": dataclasses.asdict(run.state),
+        "rng": rng if rng is not None else rng_state(),
+        "metrics": metrics or {},
+    }
+
+
+def save_last(run: Run, metrics: dict[str, float] | None = None, rng: dict | None = None) -> None:
+    if run.info.is_main:
+        run.state.elapsed_minutes = run.elapsed_minutes()
+        save_checkpoint(run.run_dir / "last.pt", checkpoint_payload(run, metrics, rng))
+    run.last_save = time.monotonic()
+
+
+def save_best(run: Run, metrics: dict[str, float]) -> None:
+    if run.info.is_main:
+        save_checkpoint(run.run_dir / "best.pt", checkpoint_payload(run, metrics))
+
+
+def check_resumable(ckpt: dict, cfg: Config, path: Path) -> str | None:
+    """UserError when last.pt holds another model than the config asks for; a one-line
+    notice (or None) when a setting that shapes the schedule has changed."""
+    family, saved_cfg = model_spec(ckpt, path)
+    if family != cfg.model.family:
+        raise UserError(f"{path}: was trained with model.family={family!r}, the config says {cfg.model.family!r}; "
+                        "use another logging.run_dir or training.resume=false to start over")
+    saved, now = dataclasses.asdict(saved_cfg), dataclasses.asdict(family_config(cfg.model))
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(
+            f"{path}: was trained with model.{family}.{k}={saved.get(k)!r}, the config says {now[k]!r}; "
+            "use another logging.run_dir or training.resume=false to start over"
+        )
+    if ckpt.get("n_mels") != cfg.data.n_mels:
+        raise UserError(f"{path}: was trained with data.n_mels={ckpt.get('n_mels')}; the config says {cfg.data.n_mels}")
+    saved_epochs = (ckpt.get("config") or {}).get("training", {}).get("epochs")
+    if cfg.training.scheduler == "cosine" and saved_epochs is not None and saved_epochs != cfg.training.epochs:
+        return (f"note: training.epochs changed from {saved_epochs} to {cfg.training.epochs} since {path.name}: "
+                "the cosine schedule now anneals over the new total from here on, so the weights will not equal "
+                f"a straight {cfg.training.epochs}-epoch run")
+    return None
