@@ -6,7 +6,7 @@ sentences).
     python bench/bench_accuracy.py --minutes 5 --train 1000   # a quick look
 
 Steps (each skipped when its output exists, so an interrupted run continues):
-1. ``python -m src.data.synth bench/out/corpus --counts ...`` (espeak-ng and flite
+1. ``python -m src.corpus.synth bench/out/corpus --counts ...`` (espeak-ng and flite
    voices; dev-clean and test-clean speakers and sentences are not in train);
 2. ``python train.py data.root=bench/out/corpus training.max_minutes=M ...``
    with every other setting from config.yaml;
@@ -80,7 +80,7 @@ def main() -> int:
     run_dir = out / f"run-{args.minutes:g}min"
     if not (corpus / "test_reference.csv").exists():
         counts = f"train-clean-100={args.train},dev-clean={args.eval},test-clean={args.eval}"
-        run([sys.executable, "-m", "src.data.synth", str(corpus), "--counts", counts, "--seed", "2026", "--workers", "2"])
+        run([sys.executable, "-m", "src.corpus.synth", str(corpus), "--counts", counts, "--seed", "2026", "--workers", "2"])
     if not (run_dir / "best.pt").exists() or (run_dir / "last.pt").exists() and not (run_dir / "done").exists():
         run(
             [sys.executable, "train.py", f"data.root={corpus}", f"logging.run_dir={run_dir}",

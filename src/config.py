@@ -48,7 +48,7 @@ class TeacherForcingConfig:
     start: float = 1.0  # rate before the decay is triggered
     trigger: str = "aligned"  # epoch | aligned | dev_error: what starts the decay (latched once met)
     trigger_epoch: int = 0  # trigger=epoch: decay after every epoch from this one (0-based)
-    trigger_alignment: float = 0.9  # trigger=aligned: decay once dev attention diagonality reaches this (see src/training.py)
+    trigger_alignment: float = 0.9  # trigger=aligned: decay once dev attention diagonality reaches this (src/training/hooks.py)
     trigger_dev_cer: float = 0.5  # trigger=dev_error: decay once greedy dev CER is below
     stages: list = field(default_factory=lambda: [[0.99, 0.7], [0.98, 0.5]])
     # stages: [factor per epoch, floor] applied in order: x0.99 down to 0.7, then x0.98 down to 0.5
@@ -116,7 +116,7 @@ class TrainingConfig:
     plateau_patience: int = 2  # plateau: epochs without improvement before a cut
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     label_smoothing: float = 0.1  # on the attention cross-entropy (PAD ignored)
-    ctc_weight: float = 0.3  # loss = (1 - w) * attention + w * CTC (needs model.ctc_head)
+    ctc_weight: float = 0.3  # loss = (1 - w) * attention + w * CTC (families with a CTC head)
     guided_attention: float = 0.5  # weight of the guided-attention loss (attention mass off the diagonal); 0 = off
     guided_attention_sigma: float = 0.3  # width of the diagonal band, as a fraction of the utterance
     guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment reaches trigger_alignment

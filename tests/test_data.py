@@ -357,7 +357,7 @@ def test_make_loader_with_worker_and_skip(tree):
 
 
 # --------------------------------------------------------------------------
-# the bundled sample (made by src.data.synth in the competition layout)
+# the bundled sample (made by src.corpus.synth in the competition layout)
 
 SAMPLE = ROOT / SAMPLE_DATA_ROOT
 

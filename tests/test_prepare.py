@@ -1,4 +1,4 @@
-"""src.data.prepare on tiny corpora the tests build, and src.data.text.normalize_text."""
+"""src.corpus.prepare on tiny corpora the tests build, and src.corpus.text.normalize_text."""
 import csv
 import io
 import os
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from src.data import prepare as prep
-from src.data import synth
+from src.corpus import prepare as prep
+from src.corpus import synth
 from src.data.features import load_audio, log_mel
-from src.data.text import normalize_text
+from src.corpus.text import normalize_text
 from src.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,7 +264,7 @@ def test_user_errors_are_one_line(tmp_path):
         prep.prepare("timit", tmp_path, tmp_path / "out", progress=False)
     with pytest.raises(UserError, match="trans.txt"):
         prep.prepare("librispeech", tmp_path, tmp_path / "out", progress=False)
-    result = subprocess.run([sys.executable, "-m", "src.data.prepare", "timit", str(tmp_path), str(tmp_path / "o")],
+    result = subprocess.run([sys.executable, "-m", "src.corpus.prepare", "timit", str(tmp_path), str(tmp_path / "o")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: unknown FORMAT 'timit'")

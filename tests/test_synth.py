@@ -1,4 +1,4 @@
-"""src.data.synth: layout, determinism, disjoint dev/test voices and sentences, the bundled sample."""
+"""src.corpus.synth: layout, determinism, disjoint dev/test voices and sentences, the bundled sample."""
 import csv
 import re
 import shutil
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.data import synth
+from src.corpus import synth
 from src.data.features import log_mel
 from src.errors import UserError
 

@@ -1,7 +1,7 @@
 """transcribe.py: audio files -> text through the same features as prepare.
 
 The reference is the other road to the same text: prepare the audio into the
-competition layout (src.data.prepare), load it with SpeechDataset and decode
+competition layout (src.corpus.prepare), load it with SpeechDataset and decode
 it. transcribe.py must print exactly those transcripts, for wav and flac.
 """
 import csv
@@ -17,7 +17,7 @@ import torch
 
 from src.checkpoint import save_checkpoint
 from src.config import Config, DecodingConfig, LASConfig, ModelConfig, to_dict
-from src.data import prepare as prep
+from src.corpus import prepare as prep
 from src.data.dataset import SpeechDataset, collate
 from src.decoding import decode_batch
 from src.models import build_model

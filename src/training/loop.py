@@ -24,6 +24,7 @@ import dataclasses
 import math
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,6 @@ from src.checkpoint import load_checkpoint
 from src.config import Config, dump_yaml
 from src.errors import Terminated, UserError
 from src.models import build_model, count_parameters
-from src.models.registry import family_config
 from src.schedules import PlateauState, plateau_update
 from src.training.evaluation import DevResult, compute_loss, evaluate, save_attention_png
 from src.training.hooks import hooks_for
@@ -160,10 +160,7 @@ def setup_run(cfg: Config) -> Run:
     """Device, process group, data, model, optimizer, resume state, logging."""
     device = dist_utils.choose_device(cfg.training.device, dist_utils.local_rank_from_env())
     info = dist_utils.init_distributed(device)
-    run_dir = cfg.logging.run_dir
-    from pathlib import Path
-
-    run_dir = Path(run_dir)
+    run_dir = Path(cfg.logging.run_dir)
     warn = WarnOnce()
 
     root, train_set, dev_set = _load_data(cfg, info)
@@ -468,7 +465,7 @@ def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> DevResult:
 
 def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResult:
     """Dev evaluation (rank 0), hooks and schedule updates (all ranks), checkpoints, summary."""
-    cfg, state, t = run.cfg, run.state, run.cfg.training
+    state, t = run.state, run.cfg.training
     dev, dev_metrics = evaluate_dev(run)
     hook_summary = "  ".join(hook.end_of_epoch(epoch, dev_metrics) for hook in run.hooks)
     dev_lev = dev_metrics["dev_lev"]
@@ -502,7 +499,7 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResu
     run.log.line(
         f"epoch {epoch + 1}/{t.epochs}  train {train_metrics['train_loss']:.3f}{f' ({parts})' if parts else ''}  "
         f"dev loss {dev_metrics['dev_loss']:.3f} lev {dev_lev:.2f} cer {dev_metrics['dev_cer']:.3f}"
-        f"{'  ' + hook_summary if hook_summary else ''}  "
+        f"{' ' + hook_summary if hook_summary else ''}  "
         f"lr {train_metrics['lr']:.2e}  {train_metrics['utts_per_s']:.1f} utt/s  "
         f"{run.elapsed_minutes():.1f} min{'  *best*' if improved else ''}"
         f"{f'  skipped {skipped} non-finite batches' if skipped else ''}"

@@ -1,0 +1,475 @@
+"""A multi-speaker synthetic corpus in the competition layout, spoken by espeak-ng (and flite).
+
+    python -m src.corpus.synth OUT [--hours H | --counts train-clean-100=300,dev-clean=50,test-clean=50]
+                             [--seed S] [--workers N] [--noise SNR_DB] [--dtype float16|float32]
+                             [--preset sample]
+
+The bundled sample ``data/sample`` is exactly::
+
+    rm -rf data/sample && python -m src.corpus.synth data/sample --preset sample --workers 2
+
+(``--preset sample`` = ``--counts train-clean-100=320,train-clean-360=40,dev-clean=50,test-clean=50
+--seed 11785 --dtype float16``.)
+
+Output (the layout of ``data/11-785-f23-hw4p2``)::
+
+    OUT/SPLIT/mfcc/NAME.npy          (T, D) log-mel features, src.data.features.log_mel
+    OUT/SPLIT/transcripts/NAME.npy   np.array(['<sos>', 'H', 'I', '<eos>'])  (not for test-clean)
+    OUT/speakers.tsv                 speaker id, split, engine, voice, variant, speed, pitch
+    OUT/test_reference.csv           index,label for test-clean in sorted(os.listdir) order,
+                                     so a submission made on the sample can be scored
+
+NAME is LibriSpeech-like ``SPEAKER-CHAPTER-UTT`` (``103-1240-0000``).
+
+Speakers: an espeak-ng voice (English accents, and other languages' voices reading
+English) with a variant (``+m3``, ``+f2``, ``+klatt`` ...), a speed (``-s`` 130..200)
+and a pitch (``-p`` 20..80); or a flite voice (kal16, awb, rms, slt) with a duration
+stretch and mean f0 derived from the same speed and pitch. Every split has its own
+speakers (engine + voice + variant combinations) and its own sentences, so dev-clean
+and test-clean are spoken by voices, and say sentences, never heard in training.
+
+Sentences come from the Debian fortunes (``/usr/share/games/fortunes``), split into
+sentences and normalised by :func:`src.corpus.text.normalize_text`; sentences a
+synthesiser would read differently from how they are written (digits, acronyms,
+abbreviations) are left out.
+
+The same seed gives byte-identical files (espeak-ng and flite are deterministic)
+on a machine with the same espeak-ng, flite and fortunes installed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from src.data.features import N_MELS, log_mel, save_npy_atomic
+from src.corpus.pool import run_jobs
+from src.corpus.text import normalize_text
+from src.atomic import write_text_atomic
+from src.errors import UserError, run_cli
+
+SPLITS = ("train-clean-100", "train-clean-360", "dev-clean", "test-clean")
+EVAL_SPLITS = ("dev-clean", "test-clean")
+NO_TRANSCRIPTS = ("test-clean",)  # as in the competition: test-clean has mfcc/ only
+DEFAULT_SEED = 11785
+
+PRESETS = {
+    "sample": dict(
+        counts={"train-clean-100": 320, "train-clean-360": 40, "dev-clean": 50, "test-clean": 50},
+        seed=DEFAULT_SEED,
+        dtype="float16",
+    ),
+}
+# --hours H: the share of H each split gets, and the mean utterance length used to estimate counts
+HOURS_SHARE = {"train-clean-100": 0.8, "dev-clean": 0.1, "test-clean": 0.1}
+MEAN_UTTERANCE_SECONDS = 4.0
+UTTERANCES_PER_SPEAKER = {"train-clean-100": 10, "train-clean-360": 10, "dev-clean": 5, "test-clean": 5}
+UTTERANCES_PER_CHAPTER = 20
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# fortune files that are pictures, code or other languages
+FORTUNE_FILES_SKIPPED = frozenset({"art", "ascii-art", "translate-me", "perl", "linux", "debian", "computers"})
+MIN_WORDS, MAX_WORDS, MAX_CHARS = 3, 25, 250
+
+# espeak-ng voices: English accents, then other languages' voices reading English (Latin script).
+ESPEAK_ENGLISH = (
+    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
+)
+ESPEAK_ACCENTED = ("cmn", "de", "fr-fr", "es", "it", "nl", "pl", "sv", "pt-br", "hu", "ro", "cs", "da", "id")
+ESPEAK_VARIANTS = (
+    "", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+    "klatt", "klatt2", "klatt3", "klatt4", "Alex", "Andy", "Annie", "belinda", "benjamin",
+    "david", "ed", "edward", "john", "linda", "max", "michel", "norbert", "paul",
+)
+FLITE_VOICES = {"kal16": 100.0, "awb": 110.0, "rms": 105.0, "slt": 170.0}  # voice -> base mean f0 (Hz)
+ENGLISH_WEIGHT = 3.0  # an English-accent espeak combination is this much likelier to be drawn
+FLITE_WEIGHT = 20.0  # flite has 4 voices against hundreds of espeak combinations: about 6% of speakers
+SPEED_RANGE = (130, 200)  # espeak words per minute
+PITCH_RANGE = (20, 80)  # espeak pitch 0..99, 50 default
+
+
+@dataclass(frozen=True)
+class Speaker:
+    speaker_id: int
+    split: str
+    engine: str  # espeak | flite
+    voice: str
+    variant: str  # espeak variant ('' = none); '' for flite
+    speed: int  # espeak -s (words per minute); flite: duration stretch 165 / speed
+    pitch: int  # espeak -p; flite: mean f0 scaled by 2 ** ((pitch - 50) / 100)
+
+    @property
+    def combo(self) -> tuple[str, str, str]:
+        """What makes a voice: dev/test combos never occur in training."""
+        return (self.engine, self.voice, self.variant)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One utterance to synthesise: everything the worker needs, nothing random left."""
+
+    split: str
+    name: str  # SPEAKER-CHAPTER-UTT
+    text: str  # normalised transcript (A-Z, ', space)
+    spoken: str  # what the synthesiser reads: the transcript in lower case with clause commas
+    speaker: Speaker
+
+
+# --------------------------------------------------------------------------
+# Sentences
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
+_ABBREVIATIONS = frozenset("MR MRS MS DR ST JR SR VS ETC EG IE AM PM CO INC LTD NO VOL FIG PP".split())
+
+
+def _speakable(raw: str) -> tuple[str, str] | None:
+    """A raw sentence -> (transcript, text for the synthesiser), or None if unsuitable."""
+    raw = raw.strip()
+    if not re.search(r"[.!?][\"')\]]*$", raw) or not re.match(r"[\"'(\[]?[A-Z]", raw):
+        return None
+    if "\b" in raw or "://" in raw or re.match(r"[\"'(\[]?[A-Za-z][:.)]", raw):
+        return None  # overstrikes, addresses, list labels such as "A: " or "b) "
+    for word in re.findall(r"[A-Za-z]+", raw):
+        if len(word) >= 2 and word.isupper():  # acronyms are spelled out, shouting is rare
+            return None
+        if word.upper() in _ABBREVIATIONS and word != "no":
+            return None
+    clauses = []
+    for part in re.split(r"[,;:]", raw):
+        if not part.strip() or not re.search(r"[A-Za-z]", part):
+            continue
+        norm = normalize_text(part)
+        if norm is None:
+            return None
+        clauses.append(norm)
+    if not clauses:
+        return None
+    text = " ".join(clauses)
+    if text != normalize_text(raw):
+        return None
+    n_words = len(text.split())
+    if not (MIN_WORDS <= n_words <= MAX_WORDS) or len(text) > MAX_CHARS:
+        return None
+    return text, ", ".join(clauses).lower() + "."
+
+
+def load_sentences(fortunes_dir: Path = FORTUNES_DIR) -> list[tuple[str, str]]:
+    """Every usable fortune sentence as (transcript, spoken text), deduplicated, in a fixed order."""
+    if not fortunes_dir.is_dir():
+        raise UserError(f"{fortunes_dir}: fortunes not found; install them (apt-get install fortunes fortunes-min)")
+    seen: set[str] = set()
+    sentences = []
+    for path in sorted(fortunes_dir.iterdir()):
+        if path.suffix or path.name in FORTUNE_FILES_SKIPPED or not path.is_file():
+            continue  # .dat indexes, .u8 links, pictures, code
+        content = path.read_bytes().decode("utf-8", errors="replace")
+        for fortune in re.split(r"^%\s*$", content, flags=re.M):
+            lines = [ln.strip() for ln in fortune.splitlines() if not ln.lstrip().startswith("--")]
+            for raw in _SENTENCE_END.split(" ".join(ln for ln in lines if ln)):
+                pair = _speakable(raw)
+                if pair is not None and pair[0] not in seen:
+                    seen.add(pair[0])
+                    sentences.append(pair)
+    if not sentences:
+        raise UserError(f"{fortunes_dir}: no usable sentences found; install the fortunes package")
+    return sentences
+
+
+# --------------------------------------------------------------------------
+# Speakers and the plan
+
+
+def _installed_espeak() -> tuple[set[str], set[str]]:
+    """(voice language codes, variant file names) that this espeak-ng has."""
+    def listing(*args: str) -> list[list[str]]:
+        result = subprocess.run(["espeak-ng", *args], capture_output=True, text=True, check=True)
+        return [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
+
+    voices = {cols[1] for cols in listing("--voices") if len(cols) > 1}
+    variants = {cols[-1].split("/")[-1] for cols in listing("--voices=variant") if cols}
+    return voices, variants | {""}
+
+
+def available_combos() -> list[tuple[str, str, str]]:
+    """All (engine, voice, variant) combinations this machine can speak, in a fixed order.
+
+    An espeak-ng without a voice or variant of the lists (older releases) just gets fewer
+    combinations: espeak-ng would fall back to its default variant silently.
+    """
+    combos = []
+    if shutil.which("espeak-ng"):
+        voices, variants = _installed_espeak()
+        combos += [("espeak", v, var) for v in ESPEAK_ENGLISH + ESPEAK_ACCENTED if v in voices
+                   for var in ESPEAK_VARIANTS if var in variants]
+    if shutil.which("flite"):
+        listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
+        combos += [("flite", v, "") for v in FLITE_VOICES if v in listed]
+    if not combos:
+        raise UserError("espeak-ng not found; install it (apt-get install espeak-ng) and optionally flite")
+    return combos
+
+
+def _split_speaker_counts(counts: dict[str, int], n_combos: int) -> dict[str, int]:
+    """Speakers per split: counts / utterances-per-speaker, scaled down to fit the combos."""
+    wanted = {s: max(1, math.ceil(n / UTTERANCES_PER_SPEAKER[s])) for s, n in counts.items() if n > 0}
+    total = sum(wanted.values())
+    if total <= n_combos:
+        return wanted
+    scaled = {s: max(1, int(w * n_combos / total)) for s, w in wanted.items()}
+    if sum(scaled.values()) > n_combos:
+        raise UserError(f"too many splits for {n_combos} voices; install espeak-ng voices or ask for fewer splits")
+    return scaled
+
+
+def _sentence_pools(n_sentences: int, counts: dict[str, int]) -> dict[str, range]:
+    """Disjoint index ranges into the shuffled sentences, one per split."""
+    need = {s: n for s, n in counts.items() if n > 0}
+    if sum(need.values()) > n_sentences:  # reuse within a split; evaluation splits stay small
+        eval_cap = n_sentences // 10
+        sizes = {s: min(n, eval_cap) for s, n in need.items() if s in EVAL_SPLITS}
+        rest = n_sentences - sum(sizes.values())
+        train_need = {s: n for s, n in need.items() if s not in EVAL_SPLITS}
+        train_total = sum(train_need.values())
+        for s, n in train_need.items():
+            sizes[s] = max(1, rest * n // train_total)
+    else:
+        sizes = need
+    pools, start = {}, 0
+    for split in SPLITS:
+        if split in sizes:
+            pools[split] = range(start, start + sizes[split])
+            start += sizes[split]
+    return pools
+
+
+def plan_corpus(counts: dict[str, int], seed: int, sentences: list[tuple[str, str]] | None = None,
+                combos: list[tuple[str, str, str]] | None = None) -> list[Job]:
+    """Every utterance of the corpus: speakers, names and sentences; a pure function of the seed."""
+    unknown = set(counts) - set(SPLITS)
+    if unknown:
+        raise UserError(f"--counts: unknown split '{sorted(unknown)[0]}'; use {', '.join(SPLITS)}")
+    sentences = load_sentences() if sentences is None else sentences
+    combos = available_combos() if combos is None else combos
+    rng = np.random.default_rng(seed)
+
+    order = rng.permutation(len(sentences))
+    pools = _sentence_pools(len(sentences), counts)
+
+    n_speakers = _split_speaker_counts(counts, len(combos))
+    weights = np.array([FLITE_WEIGHT if c[0] == "flite" else ENGLISH_WEIGHT if c[1] in ESPEAK_ENGLISH else 1.0
+                        for c in combos])
+    drawn = rng.choice(len(combos), size=sum(n_speakers.values()), replace=False, p=weights / weights.sum())
+    ids = rng.choice(np.arange(19, 9000), size=len(drawn), replace=False)
+    chapters = iter(rng.choice(np.arange(1000, 99999), size=sum(counts.values()) + 1, replace=False))
+
+    jobs: list[Job] = []
+    k = 0
+    for split in SPLITS:  # a fixed order, whatever the order of ``counts``
+        if split not in n_speakers:
+            continue
+        pool = pools[split]
+        pool_order = [order[i] for i in pool]
+        per_speaker = np.array_split(np.arange(counts[split]), n_speakers[split])
+        for utt_indices in per_speaker:
+            engine, voice, variant = combos[drawn[k]]
+            speaker = Speaker(
+                speaker_id=int(ids[k]), split=split, engine=engine, voice=voice, variant=variant,
+                speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+                pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+            )
+            k += 1
+            chapter, in_chapter = int(next(chapters)), 0
+            for i in utt_indices:
+                if in_chapter == UTTERANCES_PER_CHAPTER:
+                    chapter, in_chapter = int(next(chapters)), 0
+                text, spoken = sentences[pool_order[int(i) % len(pool_order)]]
+                name = f"{speaker.speaker_id}-{chapter}-{in_chapter:04d}"
+                jobs.append(Job(split=split, name=name, text=text, spoken=spoken, speaker=speaker))
+                in_chapter += 1
+    return jobs
+
+
+# --------------------------------------------------------------------------
+# Synthesis (runs in worker processes)
+
+
+def speak(job: Job) -> tuple[np.ndarray, int]:
+    """Synthesise ``job.spoken`` with its speaker: (N,) float32 wave and its sample rate."""
+    import soundfile as sf
+
+    spk = job.speaker
+    if spk.engine == "espeak":
+        voice = spk.voice + (f"+{spk.variant}" if spk.variant else "")
+        cmd = ["espeak-ng", "-v", voice, "-s", str(spk.speed), "-p", str(spk.pitch), "--stdout", job.spoken]
+        result = subprocess.run(cmd, capture_output=True, check=True)
+        wave, sr = sf.read(io.BytesIO(result.stdout), dtype="float32")
+        return wave, sr
+    stretch = 165.0 / spk.speed
+    f0 = FLITE_VOICES[spk.voice] * 2.0 ** ((spk.pitch - 50) / 100.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "utt.wav")
+        cmd = ["flite", "-voice", spk.voice, "--setf", f"duration_stretch={stretch:.4f}",
+               "--setf", f"int_f0_target_mean={f0:.2f}", "-t", job.spoken, "-o", path]
+        subprocess.run(cmd, capture_output=True, check=True)
+        wave, sr = sf.read(path, dtype="float32")
+    return wave, sr
+
+
+def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """White Gaussian noise at ``snr_db`` relative to the wave's mean power: (N,) -> (N,)."""
+    power = float(np.mean(wave.astype(np.float64) ** 2))
+    noise = rng.standard_normal(wave.shape) * math.sqrt(power / 10.0 ** (snr_db / 10.0))
+    return (wave + noise).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Settings:
+    out: str
+    seed: int
+    dtype: str
+    noise_snr: float | None
+    n_mels: int
+
+
+def synthesize_one(job: Job, settings: Settings) -> tuple[str, float]:
+    """Synthesise, featurise and write one utterance: (split, seconds of audio)."""
+    wave, sr = speak(job)
+    if settings.noise_snr is not None:
+        rng = np.random.default_rng([settings.seed, zlib.crc32(job.name.encode())])
+        wave = add_noise(wave, settings.noise_snr, rng)
+    feats = log_mel(wave, sr, settings.n_mels).astype(settings.dtype)  # (T, D)
+    split_dir = Path(settings.out) / job.split
+    if job.split not in NO_TRANSCRIPTS:
+        tokens = np.array(["<sos>", *job.text, "<eos>"])  # (U,) single characters
+        save_npy_atomic(split_dir / "transcripts" / f"{job.name}.npy", tokens)
+    save_npy_atomic(split_dir / "mfcc" / f"{job.name}.npy", feats)  # last: its presence means done
+    return job.split, wave.size / sr
+
+
+
+def _run_job(args: tuple[Job, Settings]) -> tuple[str, float]:
+    return synthesize_one(*args)
+
+
+# --------------------------------------------------------------------------
+# The corpus
+
+
+def write_metadata(out: Path, jobs: list[Job]) -> None:
+    """speakers.tsv (who speaks which split) and test_reference.csv (index,label of test-clean)."""
+    speakers = {}
+    for job in jobs:
+        speakers.setdefault(job.speaker, 0)
+        speakers[job.speaker] += 1
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["speaker", "split", "engine", "voice", "variant", "speed", "pitch", "utterances"])
+    for spk, n in speakers.items():
+        writer.writerow([spk.speaker_id, spk.split, spk.engine, spk.voice, spk.variant, spk.speed, spk.pitch, n])
+    write_text_atomic(out / "speakers.tsv", buf.getvalue())
+    tests = sorted((f"{j.name}.npy", j.text) for j in jobs if j.split == "test-clean")
+    if tests:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["index", "label"])
+        for i, (_, text) in enumerate(tests):
+            writer.writerow([i, text])
+        write_text_atomic(out / "test_reference.csv", buf.getvalue())
+
+
+def synthesize_corpus(out: str | Path, counts: dict[str, int], *, seed: int = DEFAULT_SEED, workers: int = 1,
+                      noise_snr: float | None = None, dtype: str = "float32", n_mels: int = N_MELS,
+                      progress: bool = True) -> dict[str, tuple[int, float]]:
+    """Write the corpus; returns {split: (utterances, hours)}. Refuses to write into existing splits."""
+    out = Path(out)
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"--dtype: expected float16 or float32, got '{dtype}'")
+    for split in counts:
+        mfcc = out / split / "mfcc"
+        if mfcc.is_dir() and any(mfcc.iterdir()):
+            raise UserError(f"{mfcc}: already has files; remove {out} first or choose another OUT")
+    jobs = plan_corpus(counts, seed)
+    for split in {j.split for j in jobs}:
+        (out / split / "mfcc").mkdir(parents=True, exist_ok=True)
+        if split not in NO_TRANSCRIPTS:
+            (out / split / "transcripts").mkdir(parents=True, exist_ok=True)
+    settings = Settings(out=str(out), seed=seed, dtype=dtype, noise_snr=noise_snr, n_mels=n_mels)
+    tasks = [(job, settings) for job in jobs]
+    totals = {s: [0, 0.0] for s in SPLITS if counts.get(s, 0) > 0}
+    with run_jobs(_run_job, tasks, workers=workers, chunksize=4, desc="synth", progress=progress) as results:
+        for split, seconds in results:
+            totals[split][0] += 1
+            totals[split][1] += seconds / 3600.0
+    write_metadata(out, jobs)
+    return {s: (n, h) for s, (n, h) in totals.items()}
+
+
+def _parse_counts(text: str) -> dict[str, int]:
+    counts = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise UserError(f"--counts: '{item}' is not SPLIT=N (e.g. train-clean-100=300,dev-clean=50)")
+        split, n = item.split("=", 1)
+        try:
+            counts[split.strip()] = int(n)
+        except ValueError:
+            raise UserError(f"--counts: '{n}' is not a whole number") from None
+    return counts
+
+
+def counts_for_hours(hours: float) -> dict[str, int]:
+    """--hours H -> utterances per split (estimated from MEAN_UTTERANCE_SECONDS)."""
+    return {s: max(1, round(hours * share * 3600 / MEAN_UTTERANCE_SECONDS)) for s, share in HOURS_SHARE.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.corpus.synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="output folder (competition layout)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--hours", type=float,
+                      help="about this many hours in all (80%% train-clean-100, 10%% dev, 10%% test)")
+    size.add_argument("--counts", help="utterances per split, e.g. train-clean-100=300,dev-clean=50,test-clean=50")
+    size.add_argument("--preset", choices=sorted(PRESETS), help="sample: the bundled data/sample (counts, seed, dtype)")
+    parser.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT_SEED})")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--noise", type=float, default=None, metavar="SNR_DB", help="add white noise at this SNR (dB)")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default=None, help="feature dtype (default float32)")
+    parser.add_argument("--n-mels", type=int, default=N_MELS, help=f"feature dimension D (default {N_MELS})")
+    args = parser.parse_args(argv)
+
+    preset = PRESETS[args.preset] if args.preset else {}
+    if args.counts:
+        counts = _parse_counts(args.counts)
+    elif args.hours is not None:
+        if args.hours <= 0:
+            raise UserError(f"--hours: expected a positive number, got {args.hours}")
+        counts = counts_for_hours(args.hours)
+    elif preset:
+        counts = dict(preset["counts"])
+    else:
+        counts = {"train-clean-100": 300, "dev-clean": 50, "test-clean": 50}
+    seed = args.seed if args.seed is not None else preset.get("seed", DEFAULT_SEED)
+    dtype = args.dtype or preset.get("dtype", "float32")
+    totals = synthesize_corpus(args.out, counts, seed=seed, workers=args.workers, noise_snr=args.noise,
+                               dtype=dtype, n_mels=args.n_mels)
+    parts = [f"{s} {n} utt {h:.2f} h" for s, (n, h) in totals.items()]
+    n_all = sum(n for n, _ in totals.values())
+    h_all = sum(h for _, h in totals.values())
+    print(f"synth: {' | '.join(parts)} | total {n_all} utt {h_all:.2f} h -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
