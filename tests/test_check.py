@@ -173,7 +173,6 @@ def test_bad_input(tmp_path, case):
     breaker, where, problem = CASES[case]
     root = make_tree(tmp_path / "d")
     breaker(root)
-    # a missing split is only an error when asked for (by default every present split is checked)
     parts = ["train-clean-100", "dev-clean", "test-clean"] if case == "missing split folder" else None
     with pytest.raises(UserError) as err:
         check_data(root, parts)
@@ -262,12 +261,107 @@ def test_stamp_skips_rereading_until_files_change(tmp_path, monkeypatch):
 def test_stamp_write_failure_is_ignored(tmp_path):
     root = make_tree(tmp_path / "d", {"dev-clean": 2})
     (root / "dev-clean" / (STAMP_NAME + ".tmp")).mkdir()  # writing the stamp fails (like a read-only folder)
-    assert check_data(root) == {"dev-clean": (2, 2 * FRAMES)}
+    assert check_data(root, ["dev-clean"]) == {"dev-clean": (2, 2 * FRAMES)}
     assert not (root / "dev-clean" / STAMP_NAME).exists()
-    assert check_data(root, stamp=False) == {"dev-clean": (2, 2 * FRAMES)}
+    assert check_data(root, ["dev-clean"], stamp=False) == {"dev-clean": (2, 2 * FRAMES)}
 
 
 def test_cli_rejects_unknown_partition(tmp_path):
     root = make_tree(tmp_path / "d")
     proc = run_cli(str(root), "--partitions", "train-clean-500")
     assert proc.returncode == 2 and "train-clean-500" in proc.stderr
+
+
+# --------------------------------------------------------------------------
+# without --partitions: the splits a run needs must be there
+
+
+@pytest.mark.parametrize("missing", [["dev-clean"], ["test-clean"], ["train-clean-100"], ["dev-clean", "test-clean"]])
+def test_default_check_requires_train_dev_and_test(tmp_path, missing):
+    root = make_tree(tmp_path / "d")
+    for folder in missing:
+        __import__("shutil").rmtree(root / folder)
+    with pytest.raises(UserError) as err:
+        check_data(root)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{root / missing[0]}: split folder not found"), msg
+    assert all(folder in msg for folder in missing)
+    present = [f for f in SPLITS if f not in missing]
+    assert f"--partitions {' '.join(present)}" in msg  # the fix, runnable as printed
+    proc = run_cli(str(root))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [f"error: {msg}"]
+    # the fix the message gives works
+    assert run_cli(str(root), "--partitions", *present).returncode == 0
+
+
+def test_default_check_accepts_train_clean_360_alone_and_the_bundled_sample(tmp_path):
+    root = make_tree(tmp_path / "d", {"train-clean-360": 2, "dev-clean": 2, "test-clean": 2})
+    assert set(check_data(root)) == {"train-clean-360", "dev-clean", "test-clean"}
+    proc = run_cli(str(ROOT / "data" / "sample"), "--headers-only")  # headers only: writes no stamp
+    assert proc.returncode == 0, proc.stderr
+    assert all(f in proc.stdout for f in ["train-clean-100", "train-clean-360", "dev-clean", "test-clean"])
+    # and the folder named when no training partition is there at all
+    __import__("shutil").rmtree(root / "train-clean-360")
+    with pytest.raises(UserError, match="train-clean-100: split folder not found .nor train-clean-360"):
+        check_data(root)
+
+
+# --------------------------------------------------------------------------
+# absurd magnitudes: features are log-mel energies
+
+
+@pytest.mark.parametrize("value, dtype, shown", [
+    (1e30, np.float32, "1e+30"),
+    (3e38, np.float32, "3e+38"),
+    (-3e4, np.float16, "-3e+04"),
+    (1e300, np.float64, "1e+300"),
+])
+def test_absurd_feature_magnitude_is_an_error(tmp_path, value, dtype, shown):
+    root = make_tree(tmp_path / "d")
+    x = np.load(root / "dev-clean" / "mfcc" / "u1.npy").astype(dtype)
+    x[12, 5] = value
+    np.save(root / "dev-clean" / "mfcc" / "u1.npy", x)
+    with pytest.raises(UserError) as err:
+        check_data(root)
+    msg = str(err.value)
+    assert msg.startswith(f"{root / 'dev-clean' / 'mfcc' / 'u1.npy'}: feature value {shown} at frame 12, bin 5")
+    assert "\n" not in msg and "re-create the features" in msg
+    proc = run_cli(str(root))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {msg}"]
+
+
+def test_real_log_mels_pass_the_magnitude_bound_in_float16(tmp_path):
+    from src.data.features import log_mel
+
+    rng = np.random.default_rng(5)
+    root = make_tree(tmp_path / "d")
+    loud = np.sign(np.sin(np.arange(16000) * 0.1)) * 32767.0  # a full-scale square wave in int16 units
+    feats = [log_mel(np.zeros(8000), 16000), log_mel(0.3 * rng.standard_normal(8000), 16000), log_mel(loud, 16000)]
+    assert feats[0].min() < -13 and feats[2].max() > 25  # the whole range real features span
+    for i, x in enumerate(feats):
+        np.save(root / "dev-clean" / "mfcc" / f"u{i}.npy", x.astype(np.float16))
+    edge = np.zeros((FRAMES, 28), np.float16)
+    edge[0, 0], edge[1, 1] = 1e4, -1e4  # the bound itself passes
+    np.save(root / "test-clean" / "mfcc" / "u0.npy", edge)
+    assert check_data(root)["dev-clean"][0] == 3
+    # over the bound fails, in the same tree
+    edge[1, 1] = -1.01e4
+    np.save(root / "test-clean" / "mfcc" / "u0.npy", edge)
+    with pytest.raises(UserError, match="test-clean/mfcc/u0.npy: feature value -1.01e"):
+        check_data(root)
+
+
+def test_a_stamp_of_the_older_check_does_not_skip_the_magnitude_check(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "d")
+    x = np.load(root / "dev-clean" / "mfcc" / "u0.npy")
+    x[3, 3] = 1e30
+    np.save(root / "dev-clean" / "mfcc" / "u0.npy", x)
+    utts = check_mod.list_folder(root, "dev-clean")
+    monkeypatch.setattr(check_mod, "STAMP_VERSION", 1)  # a stamp left by the check without the bound
+    old_key = check_mod._stamp_key(utts, 28)
+    monkeypatch.undo()
+    check_mod._write_stamp(root / "dev-clean" / STAMP_NAME, {"key": old_key, "utterances": 3, "frames": 150})
+    with pytest.raises(UserError, match="1e\\+30"):
+        check_data(root)

@@ -87,3 +87,61 @@ def test_bad_input_is_rejected():
         log_mel(np.zeros(0, np.float32), 16000)
     with pytest.raises(ValueError, match="1-D"):
         log_mel(np.zeros((10, 2), np.float32), 16000)
+
+
+# --------------------------------------------------------------------------
+# speech activity: synthesised speech passes; silence, hiss, steady noise and short clips fail
+
+
+def _synthesised_speech() -> list[tuple[str, np.ndarray, int]]:
+    """A few sentences from espeak-ng and flite voices, spoken as src.corpus.synth speaks them."""
+    from src.corpus import synth
+
+    if shutil.which("espeak-ng") is None or shutil.which("flite") is None:
+        pytest.fail("espeak-ng and flite are needed: apt-get install espeak-ng flite (see .ci/run)")
+    speakers = [("espeak", "en-us", "", 175, 50), ("espeak", "en-gb-scotland", "f2", 130, 80),
+                ("espeak", "de", "klatt", 200, 20), ("espeak", "cmn", "m3", 160, 35)]
+    speakers += [("flite", v, "", 130 + 20 * i, 20 + 20 * i) for i, v in enumerate(synth.FLITE_VOICES)]
+    sentences = ["yes", "the quick brown fox jumps over the lazy dog",
+                 "it was the best of times, it was the worst of times"]
+    out = []
+    for i, (engine, voice, variant, speed, pitch) in enumerate(speakers):
+        text = sentences[i % len(sentences)]
+        spk = synth.Speaker(1, "dev-clean", engine, voice, variant, speed, pitch)
+        wave, sr = synth.speak(synth.Job("dev-clean", "x", text.upper(), text, spk))
+        out.append((f"{engine} {voice}+{variant}: {text}", wave, sr))
+    return out
+
+
+def test_speech_activity_passes_synthesised_speech_also_with_noise_or_quiet():
+    rng = np.random.default_rng(7)
+    for name, wave, sr in _synthesised_speech():
+        power = float(np.mean(wave.astype(np.float64) ** 2))
+        noisy = wave + rng.standard_normal(wave.size) * np.sqrt(power / 10.0)  # white noise at 10 dB SNR
+        for variant, w in [("clean", wave), ("10 dB SNR", noisy), ("20 dB quieter", wave * 0.1)]:
+            a = features.speech_activity(w, sr)
+            assert a.has_speech and a.reason == "", (name, variant, a)
+            assert a.level_db > features.SPEECH_LEVEL_DB + 10, (name, variant, a)  # with a margin
+            assert a.range_db > features.SPEECH_RANGE_DB + 3, (name, variant, a)
+
+
+def test_speech_activity_rejects_silence_noise_tones_and_short_clips():
+    rng = np.random.default_rng(8)
+    sr = 16000
+    t = np.arange(5 * sr) / sr
+    speech = _synthesised_speech()[0][1]  # espeak-ng "yes" at 22050 Hz
+    cases = {
+        "30 s of digital silence": (np.zeros(30 * sr, np.float32), sr, "level -120.0 dBFS"),
+        "1-LSB dither": (rng.integers(-1, 2, 5 * sr) / 32768.0, sr, "below -55 dBFS"),
+        "faint hiss": (1e-3 * rng.standard_normal(5 * sr), sr, "below -55 dBFS"),
+        "loud white noise": (0.3 * rng.standard_normal(5 * sr), sr, "steady sound"),
+        "moderate white noise": (0.01 * rng.standard_normal(5 * sr), 44100, "steady sound"),
+        "hum": (0.1 * np.sin(2 * np.pi * 50 * t), sr, "steady sound"),
+        "0.05 s of speech": (speech[len(speech) // 3:][:1102], 22050, "0.05 s of audio, shorter than 0.1 s"),
+        "one sample": (np.array([0.5], np.float32), sr, "shorter than 0.1 s"),
+        "no samples": (np.zeros(0, np.float32), sr, "0.00 s of audio"),
+    }
+    for name, (wave, rate, reason) in cases.items():
+        a = features.speech_activity(wave, rate)
+        assert not a.has_speech, (name, a)
+        assert reason in a.reason, (name, a)

@@ -2,9 +2,17 @@
 
     python -m src.data.check data/11-785-f23-hw4p2 [--partitions dev-clean test-clean] [--n-mels 28]
 
+Without ``--partitions`` it checks the data a run needs, the competition
+layout: a training partition (train-clean-100 and/or train-clean-360),
+dev-clean and test-clean must all be there (a missing one is an error naming
+it), and every split folder present is checked. ``--partitions`` checks only
+the partitions named (train.py checks its train and dev partitions, test.py
+the split it decodes).
+
 Checks every split folder: folders present, features and transcripts paired
 by name, then every ``.npy`` header (shape (T, n_mels), float dtype, T > 0, not
-truncated), then - the deep pass - every array (no NaN/Inf; transcripts
+truncated), then - the deep pass - every array (no NaN/Inf, no magnitude
+above ``MAX_FEATURE_MAGNITUDE`` = 1e4, far beyond any log-mel; transcripts
 ``<sos> ... <eos>`` over the vocabulary, not empty). A successful deep check
 leaves a small stamp file in the split folder keyed by the files' names,
 sizes and modification times, so the next run skips the reading.
@@ -18,17 +26,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from src.errors import UserError, run_cli
 
 from .layout import (
+    DOWNLOAD_HINT,
     FEATURES_ONLY,
     PARTITIONS,
     Utterance,
     check_root_layout,
     feature_problem,
+    feature_values_problem,
     list_folder,
     load_npy,
     partition_folders,
@@ -39,7 +48,7 @@ from .layout import (
 )
 
 STAMP_NAME = ".check-ok.json"
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: the deep pass also bounds the magnitude of feature values
 FRAME_SECONDS = 0.010
 
 
@@ -110,15 +119,9 @@ def _check_arrays(u: Utterance) -> str | None:
         x = load_npy(u.features)
     except UserError as err:
         return str(err)
-    finite = np.isfinite(x)
-    if not finite.all():
-        n_nan = int(np.isnan(x).sum())
-        n_inf = int(x.size - finite.sum()) - n_nan
-        frame = int(np.argwhere(~finite)[0][0])
-        return (
-            f"{u.features}: {n_nan} NaN and {n_inf} Inf values (first at frame {frame}); "
-            "re-create the features or remove the utterance"
-        )
+    problem = feature_values_problem(x)
+    if problem is not None:
+        return f"{u.features}: {problem}"
     if u.transcript is not None:
         try:
             t = load_npy(u.transcript)
@@ -173,6 +176,27 @@ def check_folder(
     return len(utts), frames
 
 
+TRAIN_FOLDERS = ("train-clean-100", "train-clean-360")  # at least one of them
+NEEDED_FOLDERS = ("dev-clean", "test-clean")
+
+
+def required_folders_problem(root: Path, present: list[str]) -> str | None:
+    """One line naming the first split folder the competition layout needs but ``root`` lacks, or None."""
+    missing = [] if any(f in present for f in TRAIN_FOLDERS) else [TRAIN_FOLDERS[0]]
+    missing += [f for f in NEEDED_FOLDERS if f not in present]
+    if not missing:
+        return None
+    notes = [f"nor {TRAIN_FOLDERS[1]}"] if missing[0] == TRAIN_FOLDERS[0] else []
+    if missing[1:]:
+        notes.append(f"also missing: {', '.join(missing[1:])}")
+    note = f" ({'; '.join(notes)})" if notes else ""
+    return (
+        f"{root / missing[0]}: split folder not found{note}; the competition layout has a training partition, "
+        f"dev-clean and test-clean: restore it (re-unzip the data or run: {DOWNLOAD_HINT}), "
+        f"or check only the splits you have with --partitions {' '.join(present)}"
+    )
+
+
 def check_data(
     root: str | Path,
     partitions: list[str] | None = None,
@@ -180,7 +204,11 @@ def check_data(
     n_mels: int = 28,
     stamp: bool = True,
 ) -> dict[str, tuple[int, int]]:
-    """Validate ``partitions`` (default: every split folder present) under ``root``.
+    """Validate ``partitions`` under ``root``.
+
+    ``partitions=None`` (the command line without --partitions) checks the
+    whole competition layout: every split folder present, and a UserError
+    unless a training partition, dev-clean and test-clean are all present.
 
     Returns {folder: (utterances, frames)}; raises UserError (one line: file,
     problem, fix) on the first problem. train-clean-460 checks its two folders.
@@ -191,6 +219,9 @@ def check_data(
     check_root_layout(root)
     if partitions is None:
         folders = present_folders(root)
+        problem = required_folders_problem(root, folders)
+        if problem is not None:
+            raise UserError(problem)
     else:
         folders = []
         for p in partitions:
@@ -214,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("root", metavar="DIR", help="data root, e.g. data/11-785-f23-hw4p2")
     parser.add_argument("--partitions", nargs="+", choices=list(PARTITIONS), default=None,
-                        help="partitions to check (default: every split folder present)")
+                        help="partitions to check (default: every split folder present, and a train partition, "
+                             "dev-clean and test-clean must be)")
     parser.add_argument("--n-mels", type=int, default=28, help="feature dimension D (default 28)")
     parser.add_argument("--headers-only", action="store_true", help="skip the deep pass that reads every array")
     args = parser.parse_args(argv)

@@ -50,11 +50,19 @@ def normalize_utterance(x: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray
     """Zero mean, unit variance per feature bin over time: (T, D) -> (T, D) float32.
 
     A constant bin becomes zeros (the variance gets ``eps`` before the root).
+    Computed in float64: the squares of float32 (or float16) values beyond
+    about 1e19 would overflow, and loader workers, new processes every epoch,
+    would print numpy's overflow RuntimeWarning again each epoch. Every
+    finite float16 or float32 input gives a finite result without a warning.
+    Non-finite input, or float64 beyond the float32 range (possible only with
+    ``data.check=false``: the check rejects both) gives NaN or Inf silently:
+    training skips such a batch and warns once, naming its utterances.
     """
-    x = x.astype(np.float32, copy=False)
-    mean = x.mean(axis=0, keepdims=True)  # (1, D)
-    var = x.var(axis=0, keepdims=True)  # (1, D)
-    return ((x - mean) / np.sqrt(var + eps)).astype(np.float32, copy=False)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x64 = np.asarray(x, dtype=np.float32).astype(np.float64)  # float32 values, as in_memory stores them
+        mean = x64.mean(axis=0, keepdims=True)  # (1, D)
+        var = x64.var(axis=0, keepdims=True)  # (1, D)
+        return ((x64 - mean) / np.sqrt(var + eps)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------

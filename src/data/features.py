@@ -2,6 +2,7 @@
 
     wave, sr = load_audio("speech.flac")          # (N,) float32 mono, its sample rate
     feats = log_mel(wave, sr)                      # (T, D) float32, T = 1 + N16 // 160
+    speech_activity(wave, sr).has_speech           # False for silence, hiss, clips under 0.1 s
 
 Definition (one place; everything else calls :func:`log_mel`):
 
@@ -23,6 +24,7 @@ torch is imported only when a resample is needed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -118,6 +120,85 @@ def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> np.ndar
     power = spectrum.real**2 + spectrum.imag**2  # (T, 257)
     mel = power @ mel_filterbank(n_mels)  # (T, 257) @ (257, D) -> (T, D)
     return np.log(mel + LOG_EPS).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Speech activity: is there anything in this audio a recogniser could transcribe?
+
+ACTIVITY_FRAME_SECONDS = 0.025  # 25 ms frames, as the features
+ACTIVITY_HOP_SECONDS = 0.010  # every 10 ms
+ACTIVITY_POWER_FLOOR = 1e-12  # -120 dBFS: digital silence sits here
+MIN_SPEECH_SECONDS = 0.1  # shorter audio cannot hold a syllable
+LOUD_FRAMES = 10  # the level is that of the 10th loudest frame: 0.1 s of sound, not one click
+SPEECH_LEVEL_DB = -55.0  # quieter than this (dBFS) is silence or hiss
+SPEECH_RANGE_DB = 10.0  # speech rises this far above its own quiet frames; steady noise does not
+
+
+@dataclass(frozen=True)
+class SpeechActivity:
+    """What :func:`speech_activity` measured on one wave."""
+
+    seconds: float  # duration
+    level_db: float  # dBFS of the LOUD_FRAMES-th loudest 25 ms frame
+    floor_db: float  # dBFS of the 10th percentile frame (pauses, background)
+    has_speech: bool
+    reason: str  # why not, e.g. "level -71.2 dBFS, below -55 dBFS"; "" when has_speech
+
+    @property
+    def range_db(self) -> float:
+        return self.level_db - self.floor_db
+
+
+def speech_activity(wave: np.ndarray, sample_rate: int) -> SpeechActivity:
+    """Does ``wave`` (N,) at ``sample_rate`` hold speech? A level-and-modulation test on frame energies.
+
+    Frame power is the mean square of each 25 ms frame (10 ms hop) in dB
+    relative to full scale (a full-scale sine is -3 dBFS). The wave holds
+    speech when all three hold:
+
+    - it lasts at least ``MIN_SPEECH_SECONDS`` (0.1 s);
+    - its level, the dB of the ``LOUD_FRAMES``-th (10th) loudest frame, is at
+      least ``SPEECH_LEVEL_DB`` (-55 dBFS): digital silence, dither and faint
+      hiss are quieter, and one click is not 10 frames long;
+    - the level is at least ``SPEECH_RANGE_DB`` (10 dB) above the floor, the
+      10th-percentile frame: speech alternates syllables with pauses and
+      closures, steady noise (white, hum) stays within a few dB of itself.
+
+    Audio shorter than 0.4 s takes the loudest quarter of its frames instead
+    of 10. Measured on 336 synthesised sentences (300 espeak-ng voice/variant
+    combinations, 36 flite, speed 130..200, pitch 20..80, as src/corpus/synth.py
+    speaks them): level -28..-6 dBFS, range 22..114 dB, all pass; with white
+    noise at 10 dB SNR the range is 14..20 dB, still all pass (at 5 dB SNR
+    9..15 dB: most pass). Digital silence is -120 dBFS, 1-LSB 16-bit dither
+    -92 dBFS, white noise at any level (-90..-3 dBFS) and steady tones have a
+    range of at most about 1 dB: all fail. Limits: a train of clicks
+    passes, and speech 30 dB quieter than a normal recording (level under
+    -55 dBFS) fails.
+    """
+    wave = np.asarray(wave, dtype=np.float64).reshape(-1)
+    seconds = wave.size / float(sample_rate) if sample_rate > 0 else 0.0
+    if wave.size == 0:
+        return SpeechActivity(0.0, -120.0, -120.0, False, f"0.00 s of audio, shorter than {MIN_SPEECH_SECONDS:g} s")
+    frame = max(1, int(round(ACTIVITY_FRAME_SECONDS * sample_rate)))
+    hop = max(1, int(round(ACTIVITY_HOP_SECONDS * sample_rate)))
+    if wave.size < frame:
+        power = np.array([np.mean(wave**2)])
+    else:
+        frames = np.lib.stride_tricks.sliding_window_view(wave, frame)[::hop]  # (T, frame)
+        power = np.einsum("tn,tn->t", frames, frames) / frame  # (T,) mean square
+    power = np.nan_to_num(power, nan=0.0, posinf=1.0)  # non-finite samples: not evidence of speech
+    db = 10.0 * np.log10(np.maximum(power, ACTIVITY_POWER_FLOOR))  # (T,) dBFS
+    k = min(LOUD_FRAMES, max(1, db.size // 4))  # audio under 0.4 s: its loudest quarter
+    level = float(np.partition(db, db.size - k)[db.size - k])
+    floor = float(np.percentile(db, 10))
+    reason = ""
+    if seconds < MIN_SPEECH_SECONDS:
+        reason = f"{seconds:.2f} s of audio, shorter than {MIN_SPEECH_SECONDS:g} s"
+    elif level < SPEECH_LEVEL_DB:
+        reason = f"level {level:.1f} dBFS, below {SPEECH_LEVEL_DB:g} dBFS"
+    elif level - floor < SPEECH_RANGE_DB:
+        reason = f"steady sound: level {level:.1f} dBFS only {level - floor:.1f} dB above its quietest frames"
+    return SpeechActivity(seconds, level, floor, not reason, reason)
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:

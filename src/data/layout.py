@@ -51,6 +51,12 @@ DOWNLOAD_HINT = (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _FIX = "re-download or re-unzip the data, or remove the utterance"
+# Largest |value| a features file may hold. Features are log-mel energies: log(1e-6) = -13.8 for
+# silence, about +10 for full-scale audio in [-1, 1], about +31 for audio scaled to int16 range
+# (src/data/features.py). 1e4 leaves room for any scaling a real front end uses, and float16 files
+# of real log-mels (float16 reaches 65504) pass; larger values are a broken file or features that
+# are not logarithmic, and near 3e38 they turn into an infinite or NaN loss in training.
+MAX_FEATURE_MAGNITUDE = 1e4
 
 
 @dataclass(frozen=True)
@@ -298,6 +304,31 @@ def feature_problem(header: NpyHeader, n_mels: int) -> str | None:
     if shape[0] == 0:
         return "empty features (0 frames); remove the utterance or re-create it"
     return truncation_problem(header)
+
+
+def feature_values_problem(x: np.ndarray) -> str | None:
+    """What is wrong with the values of a loaded (T, D) features array, or None.
+
+    NaN or Inf anywhere, or a magnitude above ``MAX_FEATURE_MAGNITUDE``.
+    """
+    finite = np.isfinite(x)
+    if not finite.all():
+        n_nan = int(np.isnan(x).sum())
+        n_inf = int(x.size - finite.sum()) - n_nan
+        frame = int(np.argwhere(~finite)[0][0])
+        return f"{n_nan} NaN and {n_inf} Inf values (first at frame {frame}); re-create the features or remove the utterance"
+    if x.size == 0:
+        return None
+    flat = int(np.argmax(np.abs(x)))
+    value = float(x.reshape(-1)[flat])
+    if abs(value) > MAX_FEATURE_MAGNITUDE:
+        frame, col = np.unravel_index(flat, x.shape)[:2] if x.ndim >= 2 else (flat, 0)
+        return (
+            f"feature value {value:.4g} at frame {int(frame)}, bin {int(col)}, larger in magnitude than the "
+            f"{MAX_FEATURE_MAGNITUDE:g} log-mel features can reach; re-create the features "
+            "(log-mel energies, as src/data/features.py computes them) or remove the utterance"
+        )
+    return None
 
 
 def truncation_problem(header: NpyHeader) -> str | None:
