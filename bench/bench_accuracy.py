@@ -13,7 +13,10 @@ Steps (each skipped when its output exists, so an interrupted run continues):
 3. greedy and beam decoding of dev-clean and test-clean with the best
    checkpoint, scored by mean Levenshtein distance (the competition metric) and CER.
 
-The result table is printed and saved as ``bench/out/accuracy.json``.
+The result table is printed and saved as ``<run folder>/accuracy.json``, with
+the host's load before training and after scoring (a busy host is flagged).
+
+    python bench/bench_accuracy.py model.family=ds2     # another family: its own run folder
 """
 from __future__ import annotations
 
@@ -72,12 +75,20 @@ def main() -> int:
     parser.add_argument("--eval", type=int, default=200, help="dev and test utterances each")
     parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
     parser.add_argument("--beam", type=int, default=10, help="beam size for the beam rows")
+    parser.add_argument("--name", default=None,
+                        help="run folder under --out (default: run-<minutes>min, plus the family when not las)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
     args = parser.parse_args()
+    from host import describe, host_load
+
+    load_before = host_load()
+    print(describe(load_before), flush=True)
 
     out = ROOT / args.out
     corpus = out / "corpus"
-    run_dir = out / f"run-{args.minutes:g}min"
+    family = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("model.family=")), "las")
+    default_name = f"run-{args.minutes:g}min" + ("" if family == "las" else f"-{family}")
+    run_dir = out / (args.name or default_name)
     if not (corpus / "test_reference.csv").exists():
         counts = f"train-clean-100={args.train},dev-clean={args.eval},test-clean={args.eval}"
         run([sys.executable, "-m", "src.corpus.synth", str(corpus), "--counts", counts, "--seed", "2026", "--workers", "2"])
@@ -92,13 +103,16 @@ def main() -> int:
     for split in ("dev-clean", "test-clean"):
         rows.append(score_split(ckpt, corpus, split, "greedy", 1))
         rows.append(score_split(ckpt, corpus, split, "beam", args.beam))
+    load_after = host_load()
     print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
-          f"{__import__('os').cpu_count()} CPU cores, checkpoint {ckpt.relative_to(ROOT)}")
+          f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {ckpt.relative_to(ROOT)}")
+    print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
     print(f"{'split':<12}{'decoder':<10}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
     for r in rows:
         print(f"{r['split']:<12}{r['decoder']:<10}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
-    (out / "accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    (run_dir / "accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,
+                                                       "host_after": load_after}, indent=2))
     return 0
 
 

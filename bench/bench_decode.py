@@ -75,6 +75,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time counts")
     parser.add_argument("--quick", action="store_true", help="16 utterances, 2 repeats")
     args = parser.parse_args()
+    from host import describe, host_load
+
+    print(describe(host_load()), flush=True)  # before the run: the run itself loads the host
     if args.quick:
         args.utterances, args.repeats = min(args.utterances, 16), 2
     torch.set_num_threads(args.threads)

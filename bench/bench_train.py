@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
+    from host import describe, host_load
+
+    load = host_load()
 
     cfg = load_config("config.yaml", args.overrides)
     device = choose_device(cfg.training.device)
@@ -83,6 +86,7 @@ def main() -> int:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
+    print(describe(load))  # measured before the run: the run itself loads the host
     print(f"bench_train: {device.type} ({threads} threads), {count_parameters(model) / 1e6:.2f}M parameters, "
           f"{args.root}/{args.partition}, batches of <= {cfg.data.max_utterances_per_batch} utt")
     print(f"{args.steps} steps in {seconds:.1f} s: {utts / seconds:.1f} utt/s, "

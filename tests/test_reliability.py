@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import assert_same_weights, final_weights, make_corpus, tiny_config
+from test_resume import assert_same_weights, final_weights, make_corpus, on_training_batch, tiny_config
 
 from src.errors import Terminated, UserError
 
@@ -20,34 +20,20 @@ def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-def nan_gradient_on_training_call(n: int, monkeypatch):
-    """Patch the loop so that the n-th training batch's backward gives a NaN gradient while its loss
-    stays finite (a parameter hook, fired during backward)."""
-    import src.training.loop as loop
+def poison_gradient(model, out) -> None:
+    """Make this batch's backward give a NaN gradient while its loss stays finite (a parameter hook)."""
+    param = next(model.parameters())
+    handle = {}
 
-    real = loop.compute_loss
-    calls = {"n": 0}
+    def poison(grad):
+        handle["h"].remove()
+        return grad * float("nan")
 
-    def patched(model, batch, **kw):
-        out = real(model, batch, **kw)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == n:
-                param = next(model.parameters())
-                handle = {}
-
-                def poison(grad):
-                    handle["h"].remove()
-                    return grad * float("nan")
-
-                handle["h"] = param.register_hook(poison)
-        return out
-
-    monkeypatch.setattr(loop, "compute_loss", patched)
+    handle["h"] = param.register_hook(poison)
 
 
 def test_nan_gradient_with_finite_loss_is_skipped_and_counted(corpus, tmp_path, monkeypatch):
-    nan_gradient_on_training_call(2, monkeypatch)
+    on_training_batch(2, poison_gradient, monkeypatch)
     with pytest.warns(RuntimeWarning, match="non-finite gradient"):
         weights, run = final_weights(tiny_config(corpus, tmp_path / "run"))
     assert run.state.nan_skips == 1

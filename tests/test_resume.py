@@ -49,6 +49,24 @@ def final_weights(cfg):
     return {k: v.clone() for k, v in run.core.state_dict().items()}, run
 
 
+def on_training_batch(n: int, change, monkeypatch) -> None:
+    """Patch the loop so that ``change(model, out)`` runs on the n-th training batch's LossOutput."""
+    import src.training.loop as loop
+
+    real = loop.compute_loss
+    calls = {"n": 0}
+
+    def patched(model, batch, **kw):
+        out = real(model, batch, **kw)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == n:
+                change(model, out)
+        return out
+
+    monkeypatch.setattr(loop, "compute_loss", patched)
+
+
 def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:

@@ -139,19 +139,12 @@ def _tiny_cfg(tmp_path, *extra):
 
 def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     import src.training.loop as training
+    from test_resume import on_training_batch
 
-    real = training.compute_loss
-    calls = {"n": 0}
+    def nan_loss(model, out):
+        out.loss = out.loss * float("nan")
 
-    def nan_on_second(model, batch, **kw):
-        out = real(model, batch, **kw)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(training, "compute_loss", nan_on_second)
+    on_training_batch(2, nan_loss, monkeypatch)
     with pytest.warns(RuntimeWarning, match="non-finite loss .*utterances train-clean-100-"):
         run = training.train(_tiny_cfg(tmp_path))
     assert run.state.nan_skips == 1 and run.state.global_step == 4
