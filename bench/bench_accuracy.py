@@ -36,7 +36,7 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int) -> dict:
+def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int, **decoding) -> dict:
     """Decode ``split`` with the checkpoint alone (test.py's decode_dataset); mean Levenshtein and CER."""
     import csv
 
@@ -53,14 +53,15 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     dataset = SpeechDataset(corpus, split, n_mels=n_mels, normalize=normalize, with_transcripts=with_refs)
     start = time.perf_counter()
     hyps, refs = decode_dataset(model, dataset, DataConfig(num_workers=0), DecodingConfig(method=method,
-                                beam_size=beam_size), desc=f"{split} {method}")
+                                beam_size=beam_size, **decoding), desc=f"{split} {method}")
     seconds = time.perf_counter() - start
     if refs is None:  # test-clean: the references synth wrote, in sorted file order
         with open(corpus / "test_reference.csv") as f:
             refs = [row["label"] for row in csv.DictReader(f)]
     return {
         "split": split,
-        "decoder": method if method == "greedy" else f"beam {beam_size}",
+        "decoder": (method if method == "greedy" else f"beam {beam_size}")
+                   + "".join(f" {k.replace('_weight', '')} {v:g}" for k, v in decoding.items() if v),
         "utterances": len(hyps),
         "mean_levenshtein": round(mean_levenshtein(hyps, refs), 2),
         "cer_percent": round(100 * cer(hyps, refs), 2),
@@ -75,6 +76,8 @@ def main() -> int:
     parser.add_argument("--eval", type=int, default=200, help="dev and test utterances each")
     parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
     parser.add_argument("--beam", type=int, default=10, help="beam size for the beam rows")
+    parser.add_argument("--ctc-weights", default="0",
+                        help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention)")
     parser.add_argument("--name", default=None,
                         help="run folder under --out (default: run-<minutes>min, plus the family when not las)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
@@ -102,14 +105,15 @@ def main() -> int:
     rows = []
     for split in ("dev-clean", "test-clean"):
         rows.append(score_split(ckpt, corpus, split, "greedy", 1))
-        rows.append(score_split(ckpt, corpus, split, "beam", args.beam))
+        for weight in (float(w) for w in args.ctc_weights.split(",")):
+            rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight))
     load_after = host_load()
     print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
           f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {ckpt.relative_to(ROOT)}")
     print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
-    print(f"{'split':<12}{'decoder':<10}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
+    print(f"{'split':<12}{'decoder':<18}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
     for r in rows:
-        print(f"{r['split']:<12}{r['decoder']:<10}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
+        print(f"{r['split']:<12}{r['decoder']:<18}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
     (run_dir / "accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,
                                                        "host_after": load_after}, indent=2))

@@ -140,7 +140,7 @@ class DecodingConfig:
     length_penalty: float = 1.0  # rank finished hypotheses by score / length ** length_penalty; 0 = total log-prob
     max_chars_per_frame: float = 0.25  # most characters per 10 ms input frame (25/s; LibriSpeech ~15/s), any model
     max_length_min: int = 16  # ...but never fewer than this many characters
-    ctc_weight: float = 0.0  # beam: score = (1 - w) * attention + w * CTC prefix score; 0 = off
+    ctc_weight: float = 0.3  # beam: score = (1 - w) * attention + w * CTC prefix score (0 = off; ignored without a CTC head)
     batch_size: int = 32  # utterances decoded together (beam search runs batch_size * beam_size rows)
 
 

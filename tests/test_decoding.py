@@ -475,4 +475,15 @@ def test_decode_batch_returns_text_and_restores_train_mode():
     model.eval()
     greedy = decode_batch(model, batch, DecodingConfig(method="greedy"))
     assert not model.training
-    assert decode_batch(model, batch, DecodingConfig(method="beam", beam_size=1)) == greedy
+    assert decode_batch(model, batch, DecodingConfig(method="beam", beam_size=1, ctc_weight=0.0)) == greedy
+
+
+def test_joint_ctc_weight_without_a_ctc_head_warns_and_decodes_with_attention_alone():
+    torch.manual_seed(2)
+    no_ctc = ModelConfig(las=LASConfig(conv_channels=16, listener_hidden=16, listener_layers=2, attention_dim=8,
+                                       embedding_dim=8, speller_hidden=16, ctc_head=False))
+    model = build_model(no_ctc, 28, V).eval()
+    batch = las_batch(2)
+    with pytest.warns(RuntimeWarning, match="no CTC head"):
+        joint = decode_batch(model, batch, DecodingConfig(method="beam", beam_size=3, ctc_weight=0.3))
+    assert joint == decode_batch(model, batch, DecodingConfig(method="beam", beam_size=3, ctc_weight=0.0))

@@ -17,6 +17,8 @@ training code can call it mid-epoch.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from src.decoding.beam import Hypothesis, beam_search, length_normalised
@@ -53,12 +55,22 @@ def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
     """(weight of the model's own log-probs, [(weight, scorer factory), ...]) as ``decoding_cfg`` asks."""
     scorers = []
     ctc_weight = decoding_cfg.ctc_weight
+    if ctc_weight > 0.0 and encoded.ctc_log_probs is None:
+        _warn_once("decoding.ctc_weight > 0 but this model has no CTC head: decoding with attention alone "
+                   "(set decoding.ctc_weight=0 to silence this)")
+        ctc_weight = 0.0
     if ctc_weight > 0.0:
-        if encoded.ctc_log_probs is None:
-            raise UserError("decoding.ctc_weight > 0 needs a model with a CTC head (model.las.ctc_head=true); "
-                            "set decoding.ctc_weight=0")
         scorers.append((ctc_weight, ctc_prefix_scorer))
     return 1.0 - ctc_weight, scorers
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, decoding_cfg) -> list[list[int]]:
