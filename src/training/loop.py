@@ -418,7 +418,9 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
     seconds = time.monotonic() - start
     utts = max(1, sums["utts"])
     parts = {k: v / utts for k, v in sums.items() if k not in new_epoch_sums()}
-    return {"train_loss": sums["loss"] / utts, "parts": parts, "utts_per_s": n_utts / max(seconds, 1e-9), "lr": lr,
+    # every rank has the same number of batches of about the same size: the run's throughput is world_size x this
+    utts_per_s = n_utts * run.info.world_size / max(seconds, 1e-9)
+    return {"train_loss": sums["loss"] / utts, "parts": parts, "utts_per_s": utts_per_s, "lr": lr,
             "batches": sums["batches"], "skipped": sums["skipped"]}
 
 
