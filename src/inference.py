@@ -141,7 +141,7 @@ def decode_dataset(model, dataset, data_cfg, decoding_cfg, desc: str = "decode"
     return hyps, refs  # type: ignore[return-value]
 
 
-def _decoding_desc(decoding_cfg) -> str:
+def decoding_description(decoding_cfg) -> str:
     if decoding_cfg.method == "greedy":
         return "greedy"
     desc = f"beam {decoding_cfg.beam_size}, length_penalty {decoding_cfg.length_penalty}"
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     n_mels, normalize = front_end(ckpt)  # as the model was trained
     if cfg.data.check:
         check_data(root, [split], n_mels=n_mels)
-    print(f"test: {ckpt_path} on {root}/{split} ({device}); decoding: {_decoding_desc(cfg.decoding)}", flush=True)
+    print(f"test: {ckpt_path} on {root}/{split} ({device}); decoding: {decoding_description(cfg.decoding)}", flush=True)
 
     dataset = SpeechDataset(root, split, n_mels=n_mels, normalize=normalize, in_memory=False,
                             with_transcripts=scoring)

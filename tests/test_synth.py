@@ -1,4 +1,4 @@
-"""src.corpus.synth: layout, determinism, disjoint dev/test voices and sentences, the bundled sample."""
+"""src.corpus.synth: layout, determinism, disjoint or shared voices, disjoint sentences, the bundled sample."""
 import csv
 import re
 import shutil
@@ -76,7 +76,7 @@ def test_features_are_log_mel_of_the_spoken_wave_and_float16_option(tmp_path, se
 
 @needs_espeak
 def test_plan_keeps_dev_and_test_voices_and_sentences_out_of_training(sentences):
-    counts = dict(synth.PRESETS["sample"]["counts"])
+    counts = dict(synth.PRESETS["heldout"]["counts"])
     jobs = synth.plan_corpus(counts, seed=11, sentences=sentences)
     assert jobs == synth.plan_corpus(counts, seed=11, sentences=sentences)  # pure function of the seed
     by_split = {s: [j for j in jobs if j.split == s] for s in counts}
@@ -95,6 +95,27 @@ def test_plan_keeps_dev_and_test_voices_and_sentences_out_of_training(sentences)
     for s in speakers:
         assert 130 <= s.speed <= 200 and 20 <= s.pitch <= 80
         assert str(s.speaker_id) == next(j.name for j in jobs if j.speaker == s).split("-")[0]
+
+
+@needs_espeak
+def test_shared_voice_plan_gives_every_split_the_same_voices_and_new_sentences(sentences):
+    preset = synth.PRESETS["sample"]
+    options = {k: preset[k] for k in ("shared_voices", "english_only", "max_words")}
+    counts = dict(preset["counts"])
+    jobs = synth.plan_corpus(counts, seed=11, sentences=sentences, **options)
+    assert jobs == synth.plan_corpus(counts, seed=11, sentences=sentences, **options)  # pure function of the seed
+    by_split = {s: [j for j in jobs if j.split == s] for s in counts}
+    assert {s: len(js) for s, js in by_split.items()} == counts
+    names = [j.name for j in jobs]
+    assert len(set(names)) == len(names) and all(NAME.match(n) for n in names)
+    voices = {s: {j.speaker.combo for j in js} for s, js in by_split.items()}
+    assert len(voices["train-clean-100"]) == preset["shared_voices"]
+    assert voices["dev-clean"] == voices["test-clean"] == voices["train-clean-100"]  # every voice in every split
+    assert all(c[0] == "flite" or c[1] in synth.ESPEAK_ENGLISH for c in voices["train-clean-100"])
+    train_texts = {j.text for j in by_split["train-clean-100"] + by_split["train-clean-360"]}
+    for split in ("dev-clean", "test-clean"):
+        assert not train_texts & {j.text for j in by_split[split]}, split  # sentences never heard in training
+    assert all(len(j.text.split()) <= preset["max_words"] for j in jobs)
 
 
 def test_sentence_filter_keeps_plain_sentences_only():
@@ -137,8 +158,8 @@ def test_bundled_sample_matches_its_preset():
     combos = {}
     for row in rows:
         combos.setdefault(row["split"], set()).add((row["engine"], row["voice"], row["variant"]))
-    train = combos["train-clean-100"] | combos["train-clean-360"]
-    assert not train & combos["dev-clean"] and not train & combos["test-clean"]
+    # the first-run sample: dev and test are new sentences spoken by the voices of training
+    assert combos["dev-clean"] == combos["test-clean"] == combos["train-clean-100"]
     with open(SAMPLE / "test_reference.csv") as f:
         ref = list(csv.DictReader(f))
     assert [int(r["index"]) for r in ref] == list(range(counts["test-clean"]))

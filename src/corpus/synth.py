@@ -2,14 +2,15 @@
 
     python -m src.corpus.synth OUT [--hours H | --counts train-clean-100=300,dev-clean=50,test-clean=50]
                              [--seed S] [--workers N] [--noise SNR_DB] [--dtype float16|float32]
-                             [--preset sample]
+                             [--preset sample | heldout]
 
 The bundled sample ``data/sample`` is exactly::
 
     rm -rf data/sample && python -m src.corpus.synth data/sample --preset sample --workers 2
 
-(``--preset sample`` = ``--counts train-clean-100=320,train-clean-360=40,dev-clean=50,test-clean=50
---seed 11785 --dtype float16``.)
+(``--preset sample``: 1,000 + 40 train, 50 dev and 50 test utterances of sentences of at most
+12 words, all spoken by the same 12 English voices, float16. ``--preset heldout``: the harder
+sample bundled before, 320 + 40 train utterances, dev and test by voices never heard in training.)
 
 Output (the layout of ``data/11-785-f23-hw4p2``)::
 
@@ -25,8 +26,9 @@ Speakers: an espeak-ng voice (English accents, and other languages' voices readi
 English) with a variant (``+m3``, ``+f2``, ``+klatt`` ...), a speed (``-s`` 130..200)
 and a pitch (``-p`` 20..80); or a flite voice (kal16, awb, rms, slt) with a duration
 stretch and mean f0 derived from the same speed and pitch. Every split has its own
-speakers (engine + voice + variant combinations) and its own sentences, so dev-clean
-and test-clean are spoken by voices, and say sentences, never heard in training.
+sentences, and (unless a preset shares voices) its own speakers (engine + voice +
+variant combinations), so dev-clean and test-clean are spoken by voices, and say
+sentences, never heard in training.
 
 Sentences come from the Debian fortunes (``/usr/share/games/fortunes``), split into
 sentences and normalised by :func:`src.corpus.text.normalize_text`; sentences a
@@ -48,6 +50,7 @@ import shutil
 import subprocess
 import tempfile
 import zlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +68,18 @@ NO_TRANSCRIPTS = ("test-clean",)  # as in the competition: test-clean has mfcc/ 
 DEFAULT_SEED = 11785
 
 PRESETS = {
+    # the bundled data/sample, for the first run: 12 English voices shared by every split, new (short)
+    # sentences in dev and test, so that 8 minutes of CPU training show a model that learns
     "sample": dict(
+        counts={"train-clean-100": 1000, "train-clean-360": 40, "dev-clean": 50, "test-clean": 50},
+        seed=DEFAULT_SEED,
+        dtype="float16",
+        shared_voices=12,
+        english_only=True,
+        max_words=12,
+    ),
+    # the harder sample bundled before: dev and test voices and sentences never heard in 0.33 h of training
+    "heldout": dict(
         counts={"train-clean-100": 320, "train-clean-360": 40, "dev-clean": 50, "test-clean": 50},
         seed=DEFAULT_SEED,
         dtype="float16",
@@ -255,13 +269,25 @@ def _sentence_pools(n_sentences: int, counts: dict[str, int]) -> dict[str, range
 
 
 def plan_corpus(counts: dict[str, int], seed: int, sentences: list[tuple[str, str]] | None = None,
-                combos: list[tuple[str, str, str]] | None = None) -> list[Job]:
-    """Every utterance of the corpus: speakers, names and sentences; a pure function of the seed."""
+                combos: list[tuple[str, str, str]] | None = None, *, shared_voices: int = 0,
+                english_only: bool = False, max_words: int = MAX_WORDS) -> list[Job]:
+    """Every utterance of the corpus: speakers, names and sentences; a pure function of the seed.
+
+    By default every split has its own voices. ``shared_voices`` > 0 draws that many
+    voices once and gives each split's utterances to all of them (every voice speaks
+    in train, dev and test; the sentences stay disjoint). ``english_only`` keeps
+    the English espeak accents and flite; ``max_words`` keeps shorter sentences.
+    """
     unknown = set(counts) - set(SPLITS)
     if unknown:
         raise UserError(f"--counts: unknown split '{sorted(unknown)[0]}'; use {', '.join(SPLITS)}")
     sentences = load_sentences() if sentences is None else sentences
+    sentences = [pair for pair in sentences if len(pair[0].split()) <= max_words]
     combos = available_combos() if combos is None else combos
+    if english_only:
+        combos = [c for c in combos if c[0] == "flite" or c[1] in ESPEAK_ENGLISH]
+    if shared_voices:
+        return _plan_shared_voices(counts, seed, sentences, combos, shared_voices)
     rng = np.random.default_rng(seed)
 
     order = rng.permutation(len(sentences))
@@ -298,6 +324,41 @@ def plan_corpus(counts: dict[str, int], seed: int, sentences: list[tuple[str, st
                 name = f"{speaker.speaker_id}-{chapter}-{in_chapter:04d}"
                 jobs.append(Job(split=split, name=name, text=text, spoken=spoken, speaker=speaker))
                 in_chapter += 1
+    return jobs
+
+
+def _draw_speakers(rng: np.random.Generator, combos: list[tuple[str, str, str]], n: int, split: str) -> list[Speaker]:
+    """``n`` speakers of distinct combinations, English accents and flite drawn more often."""
+    weights = np.array([FLITE_WEIGHT if c[0] == "flite" else ENGLISH_WEIGHT if c[1] in ESPEAK_ENGLISH else 1.0
+                        for c in combos])
+    drawn = rng.choice(len(combos), size=n, replace=False, p=weights / weights.sum())
+    ids = rng.choice(np.arange(19, 9000), size=n, replace=False)
+    return [Speaker(speaker_id=int(i), split=split, engine=combos[d][0], voice=combos[d][1], variant=combos[d][2],
+                    speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+                    pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)))
+            for d, i in zip(drawn, ids)]
+
+
+def _plan_shared_voices(counts: dict[str, int], seed: int, sentences: list[tuple[str, str]],
+                        combos: list[tuple[str, str, str]], n_voices: int) -> list[Job]:
+    """The plan when every split shares the same ``n_voices`` speakers (disjoint sentences)."""
+    if n_voices > len(combos):
+        raise UserError(f"--preset: {n_voices} shared voices asked for, this machine has {len(combos)}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sentences))
+    pools = _sentence_pools(len(sentences), counts)
+    voices = _draw_speakers(rng, combos, n_voices, "all")
+    jobs: list[Job] = []
+    for split in SPLITS:
+        if counts.get(split, 0) <= 0:
+            continue
+        pool_order = [order[i] for i in pools[split]]
+        for k in range(counts[split]):
+            speaker = dataclasses.replace(voices[k % n_voices], split=split)
+            text, spoken = sentences[pool_order[k % len(pool_order)]]
+            # one "chapter" per speaker and split, as LibriSpeech names its files
+            name = f"{speaker.speaker_id}-{SPLITS.index(split) + 1}{speaker.speaker_id:04d}-{k // n_voices:04d}"
+            jobs.append(Job(split=split, name=name, text=text, spoken=spoken, speaker=speaker))
     return jobs
 
 
@@ -391,7 +452,7 @@ def write_metadata(out: Path, jobs: list[Job]) -> None:
 
 def synthesize_corpus(out: str | Path, counts: dict[str, int], *, seed: int = DEFAULT_SEED, workers: int = 1,
                       noise_snr: float | None = None, dtype: str = "float32", n_mels: int = N_MELS,
-                      progress: bool = True) -> dict[str, tuple[int, float]]:
+                      progress: bool = True, **plan_options) -> dict[str, tuple[int, float]]:
     """Write the corpus; returns {split: (utterances, hours)}. Refuses to write into existing splits."""
     out = Path(out)
     if dtype not in ("float16", "float32"):
@@ -400,7 +461,7 @@ def synthesize_corpus(out: str | Path, counts: dict[str, int], *, seed: int = DE
         mfcc = out / split / "mfcc"
         if mfcc.is_dir() and any(mfcc.iterdir()):
             raise UserError(f"{mfcc}: already has files; remove {out} first or choose another OUT")
-    jobs = plan_corpus(counts, seed)
+    jobs = plan_corpus(counts, seed, **plan_options)
     for split in {j.split for j in jobs}:
         (out / split / "mfcc").mkdir(parents=True, exist_ok=True)
         if split not in NO_TRANSCRIPTS:
@@ -441,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--hours", type=float,
                       help="about this many hours in all (80%% train-clean-100, 10%% dev, 10%% test)")
     size.add_argument("--counts", help="utterances per split, e.g. train-clean-100=300,dev-clean=50,test-clean=50")
-    size.add_argument("--preset", choices=sorted(PRESETS), help="sample: the bundled data/sample (counts, seed, dtype)")
+    size.add_argument("--preset", choices=sorted(PRESETS),
+                      help="sample: the bundled data/sample (voices shared by all splits); heldout: unseen dev/test voices")
     parser.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT_SEED})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--noise", type=float, default=None, metavar="SNR_DB", help="add white noise at this SNR (dB)")
@@ -462,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         counts = {"train-clean-100": 300, "dev-clean": 50, "test-clean": 50}
     seed = args.seed if args.seed is not None else preset.get("seed", DEFAULT_SEED)
     dtype = args.dtype or preset.get("dtype", "float32")
+    plan_options = {k: preset[k] for k in ("shared_voices", "english_only", "max_words") if k in preset}
     totals = synthesize_corpus(args.out, counts, seed=seed, workers=args.workers, noise_snr=args.noise,
-                               dtype=dtype, n_mels=args.n_mels)
+                               dtype=dtype, n_mels=args.n_mels, **plan_options)
     parts = [f"{s} {n} utt {h:.2f} h" for s, (n, h) in totals.items()]
     n_all = sum(n for n, _ in totals.values())
     h_all = sum(h for _, h in totals.values())

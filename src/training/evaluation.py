@@ -29,7 +29,6 @@ class DevResult:
     utterances: int = 0
     hook_metrics: dict = field(default_factory=dict)  # e.g. dev_alignment
     attention: np.ndarray | None = None  # (U, T') of the fixed utterance, for families with attention
-    examples: list = field(default_factory=list)  # (name, reference, hypothesis) of the first utterances
     hypothesis: str = ""  # of the fixed utterance
     reference: str = ""
 
@@ -48,7 +47,7 @@ def compute_loss(model: nn.Module, batch, features: torch.Tensor | None = None, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, *, options: dict, hooks: list, decoding,
-             fixed_index: int = 0, amp_dtype: torch.dtype | None = None, n_examples: int = 3) -> DevResult:
+             fixed_index: int = 0, amp_dtype: torch.dtype | None = None) -> DevResult:
     """Dev loss (objective with ``options``), decoded mean Levenshtein and CER, and the hooks' metrics.
 
     ``fixed_index``: dataset index of the utterance whose attention map is kept.
@@ -85,9 +84,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, options: dict, h
                 steps, frames = int(batch.token_lens[r]) - 1, int(out.encoded.lens[r])
                 result.attention = out.attention[r, :steps, :frames].float().cpu().numpy()
             result.hypothesis, result.reference = batch_hyps[r], batch_refs[r]
-        for name, idx_ref, hyp in zip(batch.names, batch_refs, batch_hyps):
-            if len(result.examples) < n_examples:
-                result.examples.append((name, idx_ref, hyp))
     model.train(was_training)
     if n:
         result.loss = loss_sum / n

@@ -83,6 +83,7 @@ class SubsetDataset(torch.utils.data.Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.frame_lengths = np.asarray(dataset.frame_lengths)[self.indices]
         self.names = [dataset.names[i] for i in self.indices]
+        self.has_transcripts = dataset.has_transcripts
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -510,12 +511,26 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResu
     return dev
 
 
-def show_examples(run: Run, dev: DevResult | None) -> None:
-    """A few dev transcripts next to their references, so a person sees what the score means."""
-    if dev is None or not dev.examples or not run.info.is_main:
+def final_dev_report(run: Run, n_examples: int = 3) -> None:
+    """Score best.pt on dev with the decoder test.py will use (decoding.*), and show a few
+    transcripts next to their references, so that the last number printed is the one to expect."""
+    best = run.run_dir / "best.pt"
+    if not run.info.is_main or not best.is_file() or len(run.dev_set) == 0:
         return
-    run.log.line("dev examples (reference / hypothesis):")
-    for name, ref, hyp in dev.examples:
+    from src.checkpoint import model_from_checkpoint
+    from src.inference import decode_dataset, decoding_description
+    from src.metrics import cer, mean_levenshtein
+
+    cfg = run.cfg
+    model = model_from_checkpoint(load_checkpoint(best), run.device)
+    hyps, refs = decode_dataset(model, run.dev_set, dataclasses.replace(cfg.data, num_workers=0), cfg.decoding,
+                                desc="dev with best.pt")
+    threads = torch.get_num_threads()
+    lev, rate = mean_levenshtein(hyps, refs), cer(hyps, refs)
+    torch.set_num_threads(threads)  # numba's OpenMP layer resets torch's thread count
+    run.log.line(f"best.pt on {cfg.data.dev_partition} ({len(hyps)} utts) with test.py's decoder "
+                 f"({decoding_description(cfg.decoding)}): mean Levenshtein {lev:.2f}, CER {rate:.3f}")
+    for name, ref, hyp in list(zip(run.dev_set.names, refs, hyps))[:n_examples]:
         run.log.line(f"  {name}\n    ref: {ref}\n    hyp: {hyp}")
 
 
@@ -524,7 +539,6 @@ def train(cfg: Config) -> Run:
     with TerminationRequest() as stop:
         run = setup_run(cfg)
         state, t = run.state, cfg.training
-        dev = None
         try:
             if state.epoch >= t.epochs:
                 run.log.line(f"nothing to do: {run.run_dir / 'last.pt'} has finished {state.epoch} of "
@@ -537,10 +551,10 @@ def train(cfg: Config) -> Run:
                 probe_largest_batches(run)
             for epoch in range(state.epoch, t.epochs):
                 train_metrics = train_one_epoch(run, epoch, stop)
-                dev = end_of_epoch(run, epoch, train_metrics)
-            run.log.line(f"done: {t.epochs} epochs, best dev lev {state.best_dev_lev:.2f}, "
+                end_of_epoch(run, epoch, train_metrics)
+            run.log.line(f"done: {t.epochs} epochs, best dev lev {state.best_dev_lev:.2f} (greedy), "
                          f"{run.elapsed_minutes():.1f} min; checkpoints in {run.run_dir}")
-            show_examples(run, dev)
+            final_dev_report(run)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM
             if not run.saved_on_interrupt:  # e.g. during the dev evaluation: resume redoes it
                 save_last(run)
@@ -550,8 +564,8 @@ def train(cfg: Config) -> Run:
             run.log.line(f"time budget training.max_minutes={t.max_minutes} reached at epoch {state.epoch + 1}, "
                          f"batch {state.batch}: saved {run.run_dir / 'last.pt'}")
             if state.batch > 0:  # weights trained since the last dev evaluation
-                dev = evaluate_at_budget(run, rng_state())
-            show_examples(run, dev)
+                evaluate_at_budget(run, rng_state())
+            final_dev_report(run)
         finally:
             if run.log is not None:
                 run.log.finish()
