@@ -210,4 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     mean_chars = np.mean([len(h) for h in hyps]) if hyps else 0.0
     print(f"wrote {out}: {n_rows} rows, checked (indices 0..{n_rows - 1}, A-Z ' and space only), "
           f"mean {mean_chars:.1f} chars, {empty} empty ({speed}); submit: python -m src.kaggle submit")
+    score_against_reference(root / "test_reference.csv", hyps)
     return 0
+
+
+def score_against_reference(path: Path, hyps: list[str]) -> None:
+    """A synthesised corpus (the bundled sample) keeps its test transcripts in test_reference.csv
+    (index,label): score the submission as Kaggle would, and show a few lines."""
+    if not path.is_file():
+        return
+    from src.metrics import cer, mean_levenshtein
+
+    with open(path, newline="") as f:
+        refs = [row["label"] for row in csv.DictReader(f)]
+    if len(refs) != len(hyps):
+        print(f"note: {path} has {len(refs)} rows for {len(hyps)} test files; not scored")
+        return
+    print(f"scored against {path}: mean Levenshtein {mean_levenshtein(hyps, refs):.2f} (the competition's metric), "
+          f"CER {cer(hyps, refs):.3f}")
+    for ref, hyp in list(zip(refs, hyps))[:3]:
+        print(f"  ref: {ref}\n  hyp: {hyp}")

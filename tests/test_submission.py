@@ -80,8 +80,16 @@ def test_test_py_writes_a_checked_submission(tmp_path, capsys):
     assert run_main(tmp_path, "--checkpoint", str(ckpt), "--output", str(out), "decoding.method=greedy") == 0
     n_files = len(os.listdir(SAMPLE / "test-clean" / "mfcc"))
     assert check_submission(out, n_expected=n_files) == n_files
-    summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith(f"wrote {out}: {n_files} rows")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert any(line.startswith(f"wrote {out}: {n_files} rows") for line in lines)
+    # the sample keeps its test transcripts: the submission is scored as Kaggle would
+    with open(SAMPLE / "test_reference.csv", newline="") as f:
+        refs = [row["label"] for row in csv.DictReader(f)]
+    with open(out, newline="") as f:
+        hyps = [row["label"] for row in csv.DictReader(f)]
+    expected = sum(levenshtein(h, r) for h, r in zip(hyps, refs)) / len(refs)
+    scored = next(line for line in lines if line.startswith("scored against"))
+    assert f"mean Levenshtein {expected:.2f} " in scored
 
 
 @needs_sample
