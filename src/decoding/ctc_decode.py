@@ -1,0 +1,231 @@
+"""CTC decoding in numba: best path (greedy) and prefix beam search, batched over utterances.
+
+    ids = ctc_greedy(log_probs (B, T, V), lens (B,))                      # list of B token-id lists
+    ids = ctc_prefix_beam_search(log_probs, lens, beam_size=10)           # the most probable labellings
+
+Blank is <pad> (id 0); <sos> and <eos> are never emitted. Both accept torch
+tensors or numpy arrays and run one utterance per numba thread (``prange``);
+the answer does not depend on the number of threads.
+
+Prefix beam search (Graves 2012; Hannun et al. 2014) keeps, for every prefix
+in the beam, the log-probability of all alignments of the frames so far that
+emit exactly that prefix, split by whether the last frame is blank (p_b) or
+the prefix's last label (p_nb). At frame t each prefix g can
+
+    stay g       by a blank:               p_b(g)   += p(g) + lp[t, blank]
+                 by repeating its last c:  p_nb(g)  += p_nb(g) + lp[t, c]
+    become g+c   for c != last:            p_nb(g+c) += p(g) + lp[t, c]
+                 for c == last:            p_nb(g+c) += p_b(g) + lp[t, c]   (a blank must separate them)
+
+with p(g) = logaddexp(p_b(g), p_nb(g)); extensions that reach a prefix already
+in the beam are merged into it. Prefixes live in a trie (parent and token
+arrays), so a beam entry is one integer. Per frame only the ``token_top_k``
+most probable labels within ``prune_log_prob`` of the frame's best are tried.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+BLANK = 0
+NEVER_EMITTED = (1, 2)  # <sos>, <eos>
+NEG_INF = -np.inf
+
+
+def _as_numpy(log_probs, lens) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(log_probs, "detach"):
+        log_probs = log_probs.detach().float().cpu().numpy()
+    if hasattr(lens, "detach"):
+        lens = lens.detach().cpu().numpy()
+    lp = np.ascontiguousarray(log_probs, dtype=np.float32)
+    lens = np.ascontiguousarray(lens, dtype=np.int64)
+    if lp.ndim != 3 or lens.shape != (lp.shape[0],):
+        raise ValueError(f"ctc decoding: expected log_probs (B, T, V) and lens (B,), got {lp.shape} and {lens.shape}")
+    return lp, np.minimum(lens, lp.shape[1])
+
+
+def _with_torch_threads(fn):
+    """numba's OpenMP layer can reset torch's thread count: put it back after the call."""
+    def wrapped(*args, **kwargs):
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a requirement
+            return fn(*args, **kwargs)
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
+    return wrapped
+
+
+# --------------------------------------------------------------------------
+# Best path
+
+
+@njit(cache=True, parallel=True)
+def _greedy_kernel(lp: np.ndarray, lens: np.ndarray, out: np.ndarray, out_lens: np.ndarray) -> None:
+    for b in prange(lp.shape[0]):
+        prev, n = -1, 0
+        for t in range(lens[b]):
+            best, best_lp = BLANK, lp[b, t, BLANK]
+            for c in range(lp.shape[2]):
+                if c != 1 and c != 2 and lp[b, t, c] > best_lp:
+                    best, best_lp = c, lp[b, t, c]
+            if best != BLANK and best != prev:
+                out[b, n] = best
+                n += 1
+            prev = best
+        out_lens[b] = n
+
+
+@_with_torch_threads
+def ctc_greedy(log_probs, lens) -> list[list[int]]:
+    """Best path: the most probable token per frame, repeats collapsed, blanks dropped.
+
+    log_probs (B, T, V) log-softmax (blank = 0), lens (B,) valid frames -> B lists of ids.
+    """
+    lp, lens = _as_numpy(log_probs, lens)
+    out = np.zeros(lp.shape[:2], dtype=np.int64)  # (B, T): at most one label per frame
+    out_lens = np.zeros(lp.shape[0], dtype=np.int64)
+    _greedy_kernel(lp, lens, out, out_lens)
+    return [out[b, : out_lens[b]].tolist() for b in range(lp.shape[0])]
+
+
+# --------------------------------------------------------------------------
+# Prefix beam search
+
+
+@njit(cache=True)
+def _logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    if a > b:
+        return a + np.log1p(np.exp(b - a))
+    return b + np.log1p(np.exp(a - b))
+
+
+@njit(cache=True)
+def _decode_one(lp: np.ndarray, n_frames: int, beam: int, top_k: int, prune: float,
+                parent: np.ndarray, token: np.ndarray) -> tuple[int, float, int]:
+    """Prefix beam search over one utterance lp (T, V); returns (best node, its log-prob, nodes used).
+
+    parent/token: trie storage (node 0 is the empty prefix); the caller backtracks from the node.
+    """
+    vocab = lp.shape[1]
+    width = beam * (top_k + 1)  # candidates per frame: every beam staying + its extensions
+    beam_node = np.zeros(beam, dtype=np.int64)
+    beam_pb = np.full(beam, NEG_INF)
+    beam_pnb = np.full(beam, NEG_INF)
+    beam_pb[0] = 0.0  # the empty prefix, before any frame
+    n_beam = 1
+    n_nodes = 1
+    parent[0], token[0] = -1, -1
+    cand_node = np.zeros(width, dtype=np.int64)
+    cand_pb = np.empty(width)
+    cand_pnb = np.empty(width)
+    labels = np.empty(vocab, dtype=np.int64)
+    for t in range(n_frames):
+        row = lp[t]
+        # the labels worth trying at this frame: top_k by probability, within prune of the best
+        order = np.argsort(-row)
+        n_labels = 0
+        best_label_lp = NEG_INF
+        for i in range(vocab):
+            c = order[i]
+            if c == BLANK or c == 1 or c == 2:
+                continue
+            if best_label_lp == NEG_INF:
+                best_label_lp = row[c]
+            if n_labels == top_k or row[c] < best_label_lp + prune:
+                break
+            labels[n_labels] = c
+            n_labels += 1
+        n_cand = 0
+        for j in range(n_beam):  # staying: every beam prefix is a candidate
+            g = beam_node[j]
+            total = _logaddexp(beam_pb[j], beam_pnb[j])
+            cand_node[n_cand] = g
+            cand_pb[n_cand] = total + row[BLANK]
+            cand_pnb[n_cand] = beam_pnb[j] + row[token[g]] if token[g] >= 0 else NEG_INF
+            n_cand += 1
+        for j in range(n_beam):  # extending
+            g = beam_node[j]
+            total = _logaddexp(beam_pb[j], beam_pnb[j])
+            for i in range(n_labels):
+                c = labels[i]
+                score = (beam_pb[j] if c == token[g] else total) + row[c]
+                if score == NEG_INF:
+                    continue
+                found = -1  # is g + c already a candidate (a prefix of the beam, or an extension made)?
+                for k in range(n_cand):
+                    node = cand_node[k]
+                    if parent[node] == g and token[node] == c:
+                        found = k
+                        break
+                if found < 0:
+                    parent[n_nodes], token[n_nodes] = g, c
+                    cand_node[n_cand] = n_nodes
+                    cand_pb[n_cand] = NEG_INF
+                    cand_pnb[n_cand] = score
+                    n_nodes += 1
+                    n_cand += 1
+                else:
+                    cand_pnb[found] = _logaddexp(cand_pnb[found], score)
+        # keep the beam most probable candidates (ties: the earlier candidate)
+        totals = np.empty(n_cand)
+        for k in range(n_cand):
+            totals[k] = _logaddexp(cand_pb[k], cand_pnb[k])
+        keep = np.argsort(-totals, kind="mergesort")[:beam]
+        n_beam = keep.shape[0]
+        for j in range(n_beam):
+            beam_node[j] = cand_node[keep[j]]
+            beam_pb[j] = cand_pb[keep[j]]
+            beam_pnb[j] = cand_pnb[keep[j]]
+    best, best_lp = 0, NEG_INF
+    for j in range(n_beam):
+        total = _logaddexp(beam_pb[j], beam_pnb[j])
+        if total > best_lp:
+            best, best_lp = beam_node[j], total
+    return best, best_lp, n_nodes
+
+
+@njit(cache=True, parallel=True)
+def _beam_kernel(lp, lens, beam, top_k, prune, out, out_lens, out_scores) -> None:
+    max_nodes = 1 + lp.shape[1] * beam * top_k
+    for b in prange(lp.shape[0]):
+        parent = np.empty(max_nodes, dtype=np.int64)
+        token = np.empty(max_nodes, dtype=np.int64)
+        node, score, _ = _decode_one(lp[b], lens[b], beam, top_k, prune, parent, token)
+        n = 0
+        while node > 0:  # backtrack to the empty prefix: the labels come out last first
+            out[b, n] = token[node]
+            node = parent[node]
+            n += 1
+        out[b, :n] = out[b, :n][::-1].copy()
+        out_lens[b] = n
+        out_scores[b] = score
+
+
+@_with_torch_threads
+def ctc_prefix_beam_search(log_probs, lens, beam_size: int = 10, token_top_k: int | None = None,
+                           prune_log_prob: float = -20.0, return_scores: bool = False):
+    """The most probable labelling of each utterance (summed over its alignments), by prefix beam search.
+
+    log_probs (B, T, V) log-softmax (blank = 0), lens (B,) valid frames. ``token_top_k``
+    labels per frame at most (default: beam_size), none more than ``-prune_log_prob`` below
+    the frame's best label. Returns B lists of ids (and their log-probabilities, (B,)).
+    """
+    if beam_size < 1:
+        raise ValueError(f"ctc_prefix_beam_search: beam_size must be at least 1, got {beam_size}")
+    lp, lens = _as_numpy(log_probs, lens)
+    top_k = int(min(token_top_k or beam_size, lp.shape[2]))
+    out = np.zeros(lp.shape[:2], dtype=np.int64)  # (B, T)
+    out_lens = np.zeros(lp.shape[0], dtype=np.int64)
+    scores = np.zeros(lp.shape[0], dtype=np.float64)
+    _beam_kernel(lp, lens, int(beam_size), top_k, float(prune_log_prob), out, out_lens, scores)
+    ids = [out[b, : out_lens[b]].tolist() for b in range(lp.shape[0])]
+    return (ids, scores) if return_scores else ids
