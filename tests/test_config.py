@@ -13,7 +13,6 @@ from src.config import (
     Config,
     DataConfig,
     LASConfig,
-    ModelConfig,
     add_config_args,
     dump_yaml,
     load_config,
