@@ -114,22 +114,18 @@ def _check_headers(u: Utterance, n_mels: int) -> tuple[str | None, int]:
 
 
 def _check_arrays(u: Utterance) -> str | None:
-    """Problem found by reading one utterance's arrays, or None."""
-    try:
-        x = load_npy(u.features)
-    except UserError as err:
-        return str(err)
-    problem = feature_values_problem(x)
-    if problem is not None:
-        return f"{u.features}: {problem}"
+    """Problem found by reading one utterance's arrays (features, then transcript), or None."""
+    checks = [(u.features, feature_values_problem)]
     if u.transcript is not None:
+        checks.append((u.transcript, transcript_problem))
+    for path, problem_of in checks:
         try:
-            t = load_npy(u.transcript)
+            arr = load_npy(path)
         except UserError as err:
             return str(err)
-        problem = transcript_problem(t)
+        problem = problem_of(arr)
         if problem is not None:
-            return f"{u.transcript}: {problem}"
+            return f"{path}: {problem}"
     return None
 
 
