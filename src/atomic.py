@@ -26,11 +26,17 @@ def temp_path(path: str | Path) -> Path:
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
     """Open ``path.tmp`` for writing; on a clean exit fsync it and rename it to ``path``."""
+    from src.errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
-        with open(tmp, mode, **open_kwargs) as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, mode, **open_kwargs)
+    except OSError as err:  # a read-only folder, a file where a folder should be, a full disk ...
+        raise UserError(f"{path}: cannot write here ({err.strerror or err}); choose another path") from None
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -82,9 +82,14 @@ def model_spec(ckpt: dict[str, Any], path: str | Path | None = None) -> tuple[st
     """(family name, family config dataclass) of a checkpoint, old flat LAS checkpoints included."""
     from src.models.registry import family_config_from_dict
 
+    from src.models.registry import family_names
+
     source = str(path) if path is not None else _source(ckpt)
     values = dict(ckpt["model_config"])
     family = ckpt.get("family") or values.pop("family", "las")  # before families: flat LAS keys + family
+    if family not in family_names():
+        raise UserError(f"{source}: written by model family '{family}', which this code does not have "
+                        f"({', '.join(family_names())}); use a checkpoint of one of those families")
     return family, family_config_from_dict(family, values, source)
 
 

@@ -134,3 +134,15 @@ def test_train_py_rejects_zero_epochs_in_one_line(tmp_path):
         assert proc.returncode == 2 and "training.epochs" in proc.stderr
         assert proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_output_and_unknown_checkpoint_family_are_one_line(tmp_path):
+    from src.atomic import atomic_write
+    from src.checkpoint import model_spec
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="afile/sub.csv: cannot write here"):
+        with atomic_write(tmp_path / "afile" / "sub.csv") as f:
+            f.write("never")
+    with pytest.raises(UserError, match="ckpt.pt: written by model family 'nope'"):
+        model_spec({"family": "nope", "model_config": {}}, tmp_path / "ckpt.pt")

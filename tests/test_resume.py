@@ -1,32 +1,16 @@
 """Resume: 2 epochs straight == 1 epoch + resume + 1 epoch, and a mid-epoch Ctrl-C + resume, bit for bit."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from src.config import load_config
 
-WORDS = ["CAT", "DOG", "BIRD", "FISH", "A", "THE", "RED", "BLUE", "SEES", "ONE"]
-
-
 def make_corpus(root: Path, n_train: int = 16, n_dev: int = 4, n_mels: int = 28, seed: int = 0) -> Path:
-    """A tiny corpus in the competition layout: a toy 'voice' renders each character as 3-5 noisy frames."""
-    from src.vocab import SPECIALS, VOCAB
+    """A tiny corpus in the competition layout (src/corpus/toy.py)."""
+    from src.corpus.toy import make_toy_corpus
 
-    rng = np.random.default_rng(seed)
-    protos = rng.normal(size=(len(VOCAB), n_mels)).astype(np.float32)
-    for split, n in (("train-clean-100", n_train), ("dev-clean", n_dev)):
-        (root / split / "mfcc").mkdir(parents=True, exist_ok=True)
-        (root / split / "transcripts").mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
-            frames = [np.repeat(protos[VOCAB.index(c)][None], int(rng.integers(3, 6)), 0) for c in text]
-            x = np.concatenate(frames) + 0.1 * rng.normal(size=(sum(map(len, frames)), n_mels))
-            name = f"{split}-{i:04d}.npy"
-            np.save(root / split / "mfcc" / name, x.astype(np.float32))
-            np.save(root / split / "transcripts" / name, np.array([SPECIALS[1], *text, SPECIALS[2]]))
-    return root
+    return make_toy_corpus(root, n_train=n_train, n_dev=n_dev, n_mels=n_mels, seed=seed)
 
 
 def tiny_config(data_root: Path, run_dir: Path, *extra: str):
