@@ -286,6 +286,13 @@ def final_weights(run_dir: Path) -> dict:
     return torch.load(run_dir / "last.pt", weights_only=False, map_location="cpu")["model"]
 
 
+def finished_run(run_dir: Path) -> bool:
+    import torch
+
+    path = run_dir / "last.pt"
+    return path.is_file() and bool(torch.load(path, weights_only=False)["train_state"].get("finished"))
+
+
 def same(a: dict, b: dict) -> bool:
     import torch
 
@@ -316,7 +323,8 @@ def kills(n: int, seed: int) -> tuple[int, int, list[str]]:
         proc.send_signal(sig)
         _, err = proc.communicate()
         note = ""
-        if sig == signal.SIGTERM and proc.returncode not in (143, 0):
+        if sig == signal.SIGTERM and proc.returncode not in (143, 0) and not finished_run(run_dir):
+            # a SIGTERM after the work is done (during interpreter exit) loses nothing: only count the others
             note = f"SIGTERM exit code {proc.returncode}: {err.strip().splitlines()[-1:]}"
         finished = run(args(run_dir))
         if finished.returncode != 0:
