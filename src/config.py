@@ -92,11 +92,34 @@ class LASConfig:
 
 
 @dataclass
+class DS2Config:
+    """DeepSpeech2 (src/models/ds2.py): conv front end, bidirectional GRUs, CTC; about 3.6M parameters.
+    Time reduction 4 gives 25 frames/s, room for LibriSpeech's ~15 characters/s and a blank between
+    doubled letters; GPU: rnn_hidden 512-800, rnn_layers 5."""
+
+    conv_channels: int = 32  # channels of both Conv2d layers (kernel 11x11 over time x frequency)
+    time_reduction: int = 4  # 2 | 4: T' = ceil(T / time_reduction) frames of CTC output
+    rnn_type: str = "gru"  # gru | lstm
+    rnn_layers: int = 3  # bidirectional recurrent layers, each with sequence-wise batch norm before it
+    rnn_hidden: int = 256  # H of each direction
+    dropout: float = 0.1  # before each recurrent layer and the output layer
+
+    def __post_init__(self) -> None:
+        if self.time_reduction not in (2, 4):
+            raise UserError(f"config: 'model.ds2.time_reduction' must be 2 or 4; got {self.time_reduction}")
+        if self.rnn_type not in ("gru", "lstm"):
+            raise UserError(f"config: 'model.ds2.rnn_type' must be gru or lstm; got '{self.rnn_type}'")
+        if min(self.conv_channels, self.rnn_layers, self.rnn_hidden) < 1:
+            raise UserError("config: 'model.ds2.conv_channels', 'rnn_layers' and 'rnn_hidden' must be at least 1")
+
+
+@dataclass
 class ModelConfig:
     """Which model family, and its sizes; stored in every checkpoint."""
 
-    family: str = "las"  # las (src/models/registry.py lists the families)
+    family: str = "las"  # las | ds2 (src/models/registry.py lists the families)
     las: LASConfig = field(default_factory=LASConfig)  # settings of family las
+    ds2: DS2Config = field(default_factory=DS2Config)  # settings of family ds2
 
 
 @dataclass
