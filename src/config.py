@@ -164,6 +164,8 @@ class DecodingConfig:
     max_chars_per_frame: float = 0.25  # most characters per 10 ms input frame (25/s; LibriSpeech ~15/s), any model
     max_length_min: int = 16  # ...but never fewer than this many characters
     ctc_weight: float = 0.3  # beam: score = (1 - w) * attention + w * CTC prefix score (0 = off; ignored without a CTC head)
+    lm: str = ""  # character n-gram LM file for shallow fusion (python -m src.lm build); "" = none
+    lm_weight: float = 0.0  # beam: + lm_weight * log p_LM(next character); needs decoding.lm
     batch_size: int = 32  # utterances decoded together (beam search runs batch_size * beam_size rows)
 
 
@@ -359,6 +361,11 @@ def validate(cfg: Config) -> None:
     ]:
         if value < 1:
             raise UserError(f"config: '{key}' must be at least 1; got {value}")
+    if cfg.decoding.lm_weight < 0.0:
+        raise UserError(f"config: 'decoding.lm_weight' must be at least 0; got {cfg.decoding.lm_weight}")
+    if cfg.decoding.lm_weight > 0.0 and not cfg.decoding.lm:
+        raise UserError("config: 'decoding.lm_weight' > 0 needs 'decoding.lm', a file from python -m src.lm build; "
+                        "set decoding.lm=PATH or decoding.lm_weight=0")
     if not 0.0 <= cfg.decoding.ctc_weight <= 1.0:
         raise UserError(f"config: 'decoding.ctc_weight' must be in [0, 1]; got {cfg.decoding.ctc_weight}")
     if cfg.decoding.max_chars_per_frame <= 0.0 or cfg.decoding.max_length_min < 0:

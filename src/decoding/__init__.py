@@ -7,7 +7,8 @@
 
     step decoder (LAS, ...)   greedy, or batched beam search fused with a list of
                               (weight, scorer): the CTC prefix scorer when
-                              decoding.ctc_weight > 0 (ESPnet's joint decoding)
+                              decoding.ctc_weight > 0 (ESPnet's joint decoding), the
+                              character LM when decoding.lm_weight > 0 (shallow fusion)
     CTC only                  CTC best path (greedy), or CTC prefix beam search
 
 Every decoder bounds the output by the one length policy
@@ -61,6 +62,11 @@ def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
         ctc_weight = 0.0
     if ctc_weight > 0.0:
         scorers.append((ctc_weight, ctc_prefix_scorer))
+    if decoding_cfg.lm_weight > 0.0:
+        from src.lm import CharLMScorer, load_lm
+
+        lm = load_lm(decoding_cfg.lm)
+        scorers.append((decoding_cfg.lm_weight, lambda enc: CharLMScorer(lm, enc.lens.shape[0])))
     return 1.0 - ctc_weight, scorers
 
 
@@ -90,6 +96,9 @@ def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, de
     if encoded.ctc_log_probs is not None:
         from src.decoding import ctc_decode
 
+        if decoding_cfg.lm_weight > 0.0:
+            _warn_once("decoding.lm_weight: LM fusion runs in the attention beam search only for now; "
+                       "this CTC model is decoded without the LM")
         log_probs, lens = encoded.ctc_log_probs, encoded.ctc_lens
         if greedy:
             ids = ctc_decode.ctc_greedy(log_probs, lens)
