@@ -61,7 +61,8 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     return {
         "split": split,
         "decoder": (method if method == "greedy" else f"beam {beam_size}")
-                   + "".join(f" {k.replace('_weight', '')} {v:g}" for k, v in decoding.items() if v),
+                   + "".join(f" {k.replace('_weight', '')} {v:g}" for k, v in decoding.items()
+                             if isinstance(v, float) and v),
         "utterances": len(hyps),
         "mean_levenshtein": round(mean_levenshtein(hyps, refs), 2),
         "cer_percent": round(100 * cer(hyps, refs), 2),
@@ -78,6 +79,9 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=10, help="beam size for the beam rows")
     parser.add_argument("--ctc-weights", default="0",
                         help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention)")
+    parser.add_argument("--lm-weights", default="0",
+                        help="comma-separated decoding.lm_weight values; > 0 builds a 6-gram character LM from the "
+                             "corpus' training transcripts (out/lm-char6.npz) and fuses it")
     parser.add_argument("--name", default=None,
                         help="run folder under --out (default: run-<minutes>min, plus the family when not las)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
@@ -102,18 +106,25 @@ def main() -> int:
         )
         (run_dir / "done").touch()
     ckpt = run_dir / "best.pt"
+    lm_weights = [float(w) for w in args.lm_weights.split(",")]
+    lm_path = out / "lm-char6.npz"
+    if any(w > 0 for w in lm_weights) and not lm_path.exists():
+        run([sys.executable, "-m", "src.lm", "build", "--root", str(corpus), "--order", "6", "--out", str(lm_path),
+             "--dev-root", str(corpus)])
     rows = []
     for split in ("dev-clean", "test-clean"):
         rows.append(score_split(ckpt, corpus, split, "greedy", 1))
         for weight in (float(w) for w in args.ctc_weights.split(",")):
-            rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight))
+            for lm_weight in lm_weights:
+                lm = {"lm": str(lm_path), "lm_weight": lm_weight} if lm_weight > 0 else {}
+                rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight, **lm))
     load_after = host_load()
     print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
           f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {ckpt.relative_to(ROOT)}")
     print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
-    print(f"{'split':<12}{'decoder':<18}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
+    print(f"{'split':<12}{'decoder':<25}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
     for r in rows:
-        print(f"{r['split']:<12}{r['decoder']:<18}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
+        print(f"{r['split']:<12}{r['decoder']:<25}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
     (run_dir / "accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,
                                                        "host_after": load_after}, indent=2))
