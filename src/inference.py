@@ -161,8 +161,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "writing a submission")
     parser.add_argument("--output", default=DEFAULT_SUBMISSION, help=f"submission path (default {DEFAULT_SUBMISSION})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    parser.add_argument("--tune-lm", action="store_true",
+                        help="with --split and decoding.lm: decode the split over a grid of decoding.lm_weight x "
+                             "decoding.length_penalty and print the best pair")
     add_config_args(parser)
     return parser.parse_args(argv)
+
+
+LM_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
+LENGTH_PENALTIES = (0.5, 1.0, 1.5)
+
+
+def tune_lm(model, dataset, cfg, split: str) -> int:
+    """Decode ``split`` for every (lm_weight, length_penalty) of the grid; print a table and the best pair."""
+    from src.metrics import cer, mean_levenshtein
+
+    results = []
+    for lm_weight in LM_WEIGHTS:
+        for penalty in LENGTH_PENALTIES:
+            decoding = dataclasses.replace(cfg.decoding, method="beam", lm_weight=lm_weight, length_penalty=penalty)
+            hyps, refs = decode_dataset(model, dataset, cfg.data, decoding, desc=f"lm {lm_weight} lp {penalty}")
+            results.append((mean_levenshtein(hyps, refs), cer(hyps, refs), lm_weight, penalty))
+            print(f"lm_weight {lm_weight:<4} length_penalty {penalty:<4} mean Levenshtein {results[-1][0]:.3f} "
+                  f"CER {results[-1][1]:.4f}", flush=True)
+    lev, rate, lm_weight, penalty = min(results)
+    print(f"best on {split}: decoding.lm_weight={lm_weight} decoding.length_penalty={penalty} "
+          f"(mean Levenshtein {lev:.3f}, CER {rate:.4f})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     from src.metrics import cer, levenshtein_batch, wer
 
     cfg = load_config(args.config, args.overrides)
+    if args.tune_lm and (args.split is None or not cfg.decoding.lm):
+        raise UserError("--tune-lm needs --split (e.g. dev-clean) and decoding.lm=PATH (python -m src.lm build)")
     device = choose_device(args.device, source="--device")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else Path(cfg.logging.run_dir) / "best.pt"
     scoring = args.split is not None
@@ -192,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{root}/{split}: no transcripts to score against; drop --split to write a submission")
     model = model_from_checkpoint(ckpt, device)
     del ckpt
+    if args.tune_lm:
+        return tune_lm(model, dataset, cfg, split)
     start = time.perf_counter()
     hyps, refs = decode_dataset(model, dataset, cfg.data, cfg.decoding, desc=split)
     seconds = time.perf_counter() - start

@@ -113,3 +113,23 @@ def test_fusion_steers_the_beam_toward_the_lm_spelling():
                         scorers=[(0.5, lambda enc: CharLMScorer(lm, enc.lens.shape[0]))])
     assert plain == [[TOKEN_TO_ID[c] for c in "KAT"]]  # the acoustic model alone
     assert fused == [[TOKEN_TO_ID[c] for c in "CAT"]]  # the LM has only ever seen CAT
+
+
+def test_tune_lm_grid_prints_the_best_pair(tmp_path, capsys, monkeypatch):
+    import src.inference as inference
+    from test_submission import run_main, tiny_checkpoint
+
+    monkeypatch.setattr(inference, "LM_WEIGHTS", (0.0, 0.5))  # a 2 x 2 grid keeps the test short
+    monkeypatch.setattr(inference, "LENGTH_PENALTIES", (0.5, 1.0))
+    lm = CharNgramLM.build(TEXT, 3).save(tmp_path / "lm.npz")
+    ckpt = tiny_checkpoint(tmp_path / "run" / "best.pt")
+    assert run_main(tmp_path, "--checkpoint", str(ckpt), "--split", "dev-clean", "--tune-lm", f"decoding.lm={lm}",
+                    "decoding.beam_size=2", "decoding.ctc_weight=0") == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line for line in lines if line.startswith("lm_weight ")]
+    assert len(table) == 4
+    scores = [float(line.split("mean Levenshtein ")[1].split()[0]) for line in table]
+    best = [line for line in lines if line.startswith("best on dev-clean")][0]
+    assert f"(mean Levenshtein {min(scores):.3f}," in best
+    with pytest.raises(UserError, match="--tune-lm needs --split"):
+        run_main(tmp_path, "--checkpoint", str(ckpt), "--tune-lm")
