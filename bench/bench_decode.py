@@ -3,6 +3,7 @@
     python bench/bench_decode.py                 # 64 utterances, default model config, CPU
     python bench/bench_decode.py --quick         # 16 utterances
     python bench/bench_decode.py --device cuda --utterances 256
+    python bench/bench_decode.py --family transformer     # + the same searches without the key/value cache
 
 Random weights with the default ModelConfig (the real LAS), inputs of
 realistic length (600-800 frames, like dev-clean's mean of 713). A random
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from src.config import ModelConfig  # noqa: E402
+from src.config import load_config  # noqa: E402
 from src.decoding import beam_search, greedy_decode, max_output_lengths  # noqa: E402
 from src.models import build_model  # noqa: E402
 from src.vocab import EOS, VOCAB_SIZE  # noqa: E402
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("--beams", type=int, nargs="+", default=[5, 10])
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time counts")
     parser.add_argument("--quick", action="store_true", help="16 utterances, 2 repeats")
+    parser.add_argument("--family", default="las", help="model.family with its committed defaults (las, transformer)")
     args = parser.parse_args()
     from host import describe, host_load
 
@@ -83,7 +85,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = NoEarlyEos(build_model(ModelConfig(), 28, VOCAB_SIZE).to(device).eval())
+    net = build_model(load_config(None, [f"model.family={args.family}"]).model, 28, VOCAB_SIZE).to(device).eval()
+    variants = {"": NoEarlyEos(net)}
+    if args.family == "transformer":
+        from src.models.transformer import FullPrefixSteps
+
+        variants[" no cache"] = NoEarlyEos(FullPrefixSteps(net))
+    model = variants[""]
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(600, 801, (args.utterances,), generator=g)
@@ -93,11 +101,13 @@ def main() -> int:
         feats = torch.randn(len(lens), int(lens.max()), 28, generator=g)
         with torch.no_grad():
             encoded = model.encode(feats.to(device), lens.to(device))
-        limits = max_output_lengths(encoded.lens, args.chars_per_frame, 1)
+        limits = (max_output_lengths(lens, 0.154, 1) if args.family == "transformer"
+                  else max_output_lengths(encoded.lens, args.chars_per_frame, 1))
         batches.append((encoded, limits))
     mean_chars = torch.cat([lim.float() for _, lim in batches]).mean().item()
 
-    def run(method: str, k: int) -> tuple[float, float, int]:
+    def run(method: str, k: int, variant: str = "") -> tuple[float, float, int]:
+        model = variants[variant]
         model.step_seconds = 0.0
         chars = 0
         sync(device)
@@ -112,28 +122,28 @@ def main() -> int:
         return time.perf_counter() - start, model.step_seconds, chars
 
     run("greedy", 1)  # warm-up (allocator, kernels)
-    methods = [("greedy", 1)] + [("beam", k) for k in args.beams]
+    methods = [(m, k, v) for v in variants for m, k in [("greedy", 1)] + [("beam", k) for k in args.beams]]
     print(f"{args.utterances} utterances of 600-800 frames in batches of {args.batch_size}, "
-          f"{mean_chars:.0f} output characters each on average; default ModelConfig, random weights; "
-          f"device {device}, {args.threads} torch threads")
+          f"{mean_chars:.0f} output characters each on average; family {args.family} with the committed "
+          f"defaults, random weights; device {device}, {args.threads} torch threads")
     # Interleaved repeats (greedy, beam 5, beam 10, greedy, ...): on a shared machine the best
     # of several runs is the least disturbed one.
-    best: dict[tuple[str, int], tuple[float, float, int]] = {}
+    best: dict[tuple[str, int, str], tuple[float, float, int]] = {}
     for _ in range(args.repeats):
-        for method, k in methods:
-            result = run(method, k)
-            if (method, k) not in best or result[0] < best[(method, k)][0]:
-                best[(method, k)] = result
-    print(f"{'method':10s} {'seconds':>8s} {'utt/s':>8s} {'chars/s':>9s} {'step share':>11s} {'x greedy':>9s}"
+        for method, k, variant in methods:
+            result = run(method, k, variant)
+            if (method, k, variant) not in best or result[0] < best[(method, k, variant)][0]:
+                best[(method, k, variant)] = result
+    print(f"{'method':19s} {'seconds':>8s} {'utt/s':>8s} {'chars/s':>9s} {'step share':>11s} {'x greedy':>9s}"
           f"   (best of {args.repeats})")
     base = None
     ratios = {}
-    for method, k in methods:
-        seconds, step_seconds, chars = best[(method, k)]
+    for method, k, variant in methods:
+        seconds, step_seconds, chars = best[(method, k, variant)]
         base = base or seconds
-        name = "greedy" if method == "greedy" else f"beam {k}"
+        name = ("greedy" if method == "greedy" else f"beam {k}") + variant
         ratios[name] = seconds / base
-        print(f"{name:10s} {seconds:8.2f} {args.utterances / seconds:8.1f} {chars / seconds:9.0f} "
+        print(f"{name:19s} {seconds:8.2f} {args.utterances / seconds:8.1f} {chars / seconds:9.0f} "
               f"{step_seconds / seconds:10.0%} {seconds / base:8.2f}x")
     if "beam 10" in ratios:
         verdict = "meets" if ratios["beam 10"] <= 3.0 else "misses"

@@ -103,8 +103,15 @@ class DS2Config:
     rnn_layers: int = 3  # bidirectional recurrent layers, each with sequence-wise batch norm before it
     rnn_hidden: int = 256  # H of each direction
     dropout: float = 0.1  # before each recurrent layer and the output layer
+    bidirectional: bool = True  # false: forward-only layers (streamable), with a lookahead convolution
+    lookahead: int = 0  # unidirectional only: frames of future context (DS2's row convolution; 0 = none)
 
     def __post_init__(self) -> None:
+        if self.lookahead < 0:
+            raise UserError(f"config: 'model.ds2.lookahead' must be at least 0; got {self.lookahead}")
+        if self.bidirectional and self.lookahead:
+            raise UserError("config: 'model.ds2.lookahead' is for a unidirectional model; set "
+                            "model.ds2.bidirectional=false or model.ds2.lookahead=0")
         if self.time_reduction not in (2, 4):
             raise UserError(f"config: 'model.ds2.time_reduction' must be 2 or 4; got {self.time_reduction}")
         if self.rnn_type not in ("gru", "lstm"):
@@ -114,12 +121,43 @@ class DS2Config:
 
 
 @dataclass
+class TransformerConfig:
+    """Transformer / Conformer encoder-decoder with joint CTC (src/models/transformer.py); about 3.7M
+    parameters at the defaults. GPU and full LibriSpeech: d_model 256, encoder_layers 12, heads 4."""
+
+    block: str = "conformer"  # conformer | transformer: the encoder's blocks
+    d_model: int = 144  # width of every layer
+    heads: int = 4  # attention heads (d_model must divide by it)
+    ffn_dim: int = 576  # hidden width of the feed-forward nets
+    encoder_layers: int = 6  # encoder blocks, after Conv2d subsampling by 4
+    decoder_layers: int = 2  # decoder layers (self-attention, cross-attention, feed-forward)
+    conv_kernel: int = 15  # conformer: depthwise convolution kernel over time (odd)
+    front_end_channels: int = 64  # channels of the two stride-2 Conv2d layers
+    dropout: float = 0.1  # attention, feed-forward and embedding dropout
+
+    def __post_init__(self) -> None:
+        if self.block not in ("conformer", "transformer"):
+            raise UserError(f"config: 'model.transformer.block' must be conformer or transformer; got '{self.block}'")
+        if min(self.d_model, self.heads, self.ffn_dim, self.encoder_layers, self.decoder_layers,
+               self.front_end_channels) < 1:
+            raise UserError("config: 'model.transformer' sizes and layer counts must be at least 1")
+        if self.d_model % self.heads:
+            raise UserError(f"config: 'model.transformer.d_model' ({self.d_model}) must be a multiple of "
+                            f"'model.transformer.heads' ({self.heads})")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise UserError(f"config: 'model.transformer.conv_kernel' must be odd; got {self.conv_kernel}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config: 'model.transformer.dropout' must be in [0, 1); got {self.dropout}")
+
+
+@dataclass
 class ModelConfig:
     """Which model family, and its sizes; stored in every checkpoint."""
 
-    family: str = "las"  # las | ds2 (src/models/registry.py lists the families)
+    family: str = "las"  # las | ds2 | transformer (src/models/registry.py lists the families)
     las: LASConfig = field(default_factory=LASConfig)  # settings of family las
     ds2: DS2Config = field(default_factory=DS2Config)  # settings of family ds2
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)  # settings of family transformer
 
 
 @dataclass
@@ -166,6 +204,7 @@ class DecodingConfig:
     ctc_weight: float = 0.3  # beam: score = (1 - w) * attention + w * CTC prefix score (0 = off; ignored without a CTC head)
     lm: str = ""  # character n-gram LM file for shallow fusion (python -m src.lm build); "" = none
     lm_weight: float = 0.0  # beam: + lm_weight * log p_LM(next character); needs decoding.lm
+    length_bonus: float = 0.0  # beam: + length_bonus per character (offsets the LM's cost of each; CTC: 0.5-2)
     batch_size: int = 32  # utterances decoded together (beam search runs batch_size * beam_size rows)
 
 
@@ -461,7 +500,7 @@ def update_readme(path: str | Path = "README.md") -> None:
 def default_config_yaml() -> str:
     return (
         "# Every setting of train.py and test.py. Override any of them on the command line:\n"
-        "#   python train.py training.lr=3e-4 model.listener_hidden=128\n"
+        "#   python train.py training.lr=3e-4 model.las.listener_hidden=128\n"
         "# Generated from src/config.py (python -m src.config --write); tests keep them in sync.\n\n"
         + render_yaml(Config())
     )

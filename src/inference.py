@@ -147,6 +147,10 @@ def decoding_description(decoding_cfg) -> str:
     desc = f"beam {decoding_cfg.beam_size}, length_penalty {decoding_cfg.length_penalty}"
     if decoding_cfg.ctc_weight > 0:
         desc += f", ctc_weight {decoding_cfg.ctc_weight}"
+    if decoding_cfg.lm_weight > 0:
+        desc += f", lm {decoding_cfg.lm} x {decoding_cfg.lm_weight}"
+    if decoding_cfg.length_bonus:
+        desc += f", length_bonus {decoding_cfg.length_bonus}"
     return desc
 
 
@@ -163,29 +167,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--tune-lm", action="store_true",
                         help="with --split and decoding.lm: decode the split over a grid of decoding.lm_weight x "
-                             "decoding.length_penalty and print the best pair")
+                             "decoding.length_penalty (attention) or decoding.length_bonus (CTC) and print the "
+                             "best pair")
     add_config_args(parser)
     return parser.parse_args(argv)
 
 
 LM_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
-LENGTH_PENALTIES = (0.5, 1.0, 1.5)
+LENGTH_PENALTIES = (0.5, 1.0, 1.5)  # attention beam: rank by score / length ** penalty
+LM_WEIGHTS_CTC = (0.0, 0.25, 0.5, 0.75, 1.0)  # CTC prefix beam: the LM competes with a frame-level score
+LENGTH_BONUSES = (0.0, 0.5, 1.0, 2.0)  # CTC prefix beam: + bonus per character
 
 
 def tune_lm(model, dataset, cfg, split: str) -> int:
-    """Decode ``split`` for every (lm_weight, length_penalty) of the grid; print a table and the best pair."""
+    """Decode ``split`` over a grid of lm_weight x (length_penalty for attention models, length_bonus
+    for CTC-only ones); print a table and the best pair."""
     from src.metrics import cer, mean_levenshtein
+    from src.models.interface import is_step_decoder
 
+    key, weights, values = (("length_penalty", LM_WEIGHTS, LENGTH_PENALTIES) if is_step_decoder(model)
+                            else ("length_bonus", LM_WEIGHTS_CTC, LENGTH_BONUSES))
     results = []
-    for lm_weight in LM_WEIGHTS:
-        for penalty in LENGTH_PENALTIES:
-            decoding = dataclasses.replace(cfg.decoding, method="beam", lm_weight=lm_weight, length_penalty=penalty)
-            hyps, refs = decode_dataset(model, dataset, cfg.data, decoding, desc=f"lm {lm_weight} lp {penalty}")
-            results.append((mean_levenshtein(hyps, refs), cer(hyps, refs), lm_weight, penalty))
-            print(f"lm_weight {lm_weight:<4} length_penalty {penalty:<4} mean Levenshtein {results[-1][0]:.3f} "
+    for lm_weight in weights:
+        for value in values:
+            decoding = dataclasses.replace(cfg.decoding, method="beam", lm_weight=lm_weight, **{key: value})
+            hyps, refs = decode_dataset(model, dataset, cfg.data, decoding, desc=f"lm {lm_weight} {key} {value}")
+            results.append((mean_levenshtein(hyps, refs), cer(hyps, refs), lm_weight, value))
+            print(f"lm_weight {lm_weight:<4} {key} {value:<4} mean Levenshtein {results[-1][0]:.3f} "
                   f"CER {results[-1][1]:.4f}", flush=True)
-    lev, rate, lm_weight, penalty = min(results)
-    print(f"best on {split}: decoding.lm_weight={lm_weight} decoding.length_penalty={penalty} "
+    lev, rate, lm_weight, value = min(results)
+    print(f"best on {split}: decoding.lm_weight={lm_weight} decoding.{key}={value} "
           f"(mean Levenshtein {lev:.3f}, CER {rate:.4f})")
     return 0
 
@@ -200,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.tune_lm and (args.split is None or not cfg.decoding.lm):
         raise UserError("--tune-lm needs --split (e.g. dev-clean) and decoding.lm=PATH (python -m src.lm build)")
+    from src.lm import check_decoding_lm, load_lm
+
+    check_decoding_lm(cfg.decoding)
+    if args.tune_lm:
+        load_lm(cfg.decoding.lm)
     device = choose_device(args.device, source="--device")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else Path(cfg.logging.run_dir) / "best.pt"
     scoring = args.split is not None

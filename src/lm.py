@@ -43,6 +43,7 @@ class CharNgramLM:
         self.order = order
         self.table = table
         self._cache: dict[tuple[int, ...], np.ndarray] = {}
+        self._packed = None  # the numba form, made by packed()
         self._base = np.zeros(len(VOCAB))
         self._base[EVENTS] = 1.0 / len(EVENTS)
 
@@ -146,6 +147,15 @@ class CharNgramLM:
         return cls(order, table)
 
 
+    def packed(self):
+        """The numba form (src/decoding/ngram.py), built once."""
+        if self._packed is None:
+            from src.decoding.ngram import pack
+
+            self._packed = pack(self)
+        return self._packed
+
+
 _LOADED: dict[str, CharNgramLM] = {}
 
 
@@ -157,26 +167,40 @@ def load_lm(path: str | Path) -> CharNgramLM:
     return _LOADED[key]
 
 
+def check_decoding_lm(decoding_cfg) -> None:
+    """Load ``decoding.lm`` up front when it will be used, so that a missing or foreign LM file
+    stops train.py / test.py with one line before any training or decoding, not after."""
+    if decoding_cfg.lm_weight > 0.0:
+        load_lm(decoding_cfg.lm)
+
+
+def load_packed_lm(path: str | Path):
+    """The LM file as numba arrays (PackedLM), once per path and process."""
+    return load_lm(path).packed()
+
+
 class CharLMScorer:
-    """A beam-search scorer (src/decoding/beam.py): log p_LM of every next token for N rows."""
+    """A beam-search scorer (src/decoding/beam.py): log p_LM of every next token for N rows, in numba."""
 
     def __init__(self, lm: CharNgramLM, n_rows: int):
-        self.lm = lm
-        self.histories: list[tuple[int, ...]] = [()] * n_rows
+        from src.decoding.ngram import history_of
+
+        self.packed = lm.packed()
+        self.histories = np.tile(history_of((), lm.order), (n_rows, 1))  # (N, order - 1), <sos>-padded
 
     def score(self, prefix_len: int):
         """(N, V) float32 log-probabilities of the next token after each row's prefix (-inf for <pad>, <sos>)."""
         import torch
 
-        rows = np.stack([self.lm.probs(h) for h in self.histories])  # (N, V)
-        with np.errstate(divide="ignore"):
-            return torch.from_numpy(np.log(rows).astype(np.float32))
+        from src.decoding.ngram import lm_log_probs_batch
+
+        return torch.from_numpy(lm_log_probs_batch(self.packed, self.histories))
 
     def select(self, index, tokens) -> None:
         """Continue from rows ``index`` (N',) extended by ``tokens`` (N',)."""
-        keep = self.lm.order - 1
-        self.histories = [(self.histories[i] + (t,))[-keep:] if keep else ()
-                          for i, t in zip(index.tolist(), tokens.tolist())]
+        index, tokens = index.cpu().numpy(), tokens.cpu().numpy()
+        grown = np.concatenate([self.histories[index], tokens[:, None]], axis=1)  # (N', order)
+        self.histories = grown[:, 1:]  # (N', order) -> (N', order - 1): the oldest token drops out
 
 
 # --------------------------------------------------------------------------

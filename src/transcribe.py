@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("no audio files given; usage: python transcribe.py CHECKPOINT audio.wav [more ...]")
     cfg = load_config(args.config, overrides)
     from src.distributed import choose_device
+    from src.lm import check_decoding_lm
+
+    check_decoding_lm(cfg.decoding)
 
     device = choose_device("auto", source="device")
     skipped: list[Path] = []

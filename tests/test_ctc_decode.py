@@ -85,3 +85,39 @@ def test_peaked_outputs_decode_to_the_spelled_text_and_torch_inputs_work():
     assert ctc_prefix_beam_search(torch.from_numpy(lp), torch.tensor([len(frames)]), beam_size=4) == [expected]
     assert ctc_prefix_beam_search(lp, np.array([len(frames)]), beam_size=1) == [expected]
     assert ctc_greedy(lp, np.array([0])) == [[]] and ctc_prefix_beam_search(lp, np.array([0])) == [[]]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lm_fusion_finds_the_brute_force_best_of_ctc_plus_lm(seed):
+    """score(y) = log p_ctc(y) + alpha * log p_LM(y <eos>) + beta * |y|, every labelling enumerated."""
+    from src.lm import CharNgramLM
+
+    rng = np.random.default_rng(200 + seed)
+    lm = CharNgramLM.build(["ABBA", "CAB", "ABC", "BAC", "AA"], order=int(rng.integers(1, 5)))
+    alpha, beta = float(rng.uniform(0.2, 2.0)), float(rng.uniform(-1.0, 2.0))
+    frames = int(rng.integers(1, 6))
+    lp = random_log_probs(rng, 1, frames)
+
+    def fused(labels, ctc):
+        lm_total, _ = lm.log_prob("".join("ABC"[t - 3] for t in labels))  # the reference LM, <eos> included
+        return ctc + alpha * lm_total + beta * len(labels)
+
+    totals = {y: fused(y, ctc) for y, ctc in brute_force(lp[0]).items()}
+    best = max(totals, key=totals.get)
+    ids, scores = ctc_prefix_beam_search(lp, np.array([frames]), beam_size=400, token_top_k=3, prune_log_prob=-1e9,
+                                         return_scores=True, lm=lm.packed(), lm_weight=alpha, length_bonus=beta)
+    assert tuple(ids[0]) == best
+    assert scores[0] == pytest.approx(totals[best], abs=1e-4)
+
+
+def test_zero_lm_weight_is_the_plain_search():
+    from src.lm import CharNgramLM
+
+    rng = np.random.default_rng(3)
+    lp = random_log_probs(rng, 3, 40, peak=1.0)
+    lens = np.array([40, 25, 9])
+    lm = CharNgramLM.build(["ABC", "CBA"], order=3).packed()
+    plain = ctc_prefix_beam_search(lp, lens, beam_size=4, return_scores=True)
+    with_lm = ctc_prefix_beam_search(lp, lens, beam_size=4, return_scores=True, lm=lm, lm_weight=0.0)
+    assert plain[0] == with_lm[0]
+    np.testing.assert_allclose(plain[1], with_lm[1])

@@ -7,7 +7,8 @@ import torch
 from test_resume import assert_same_weights, final_weights, make_corpus
 
 from src.config import DS2Config
-from src.models.ds2 import DeepSpeech2, ds2_output_lengths, reverse_within_lengths
+from src.models.ds2 import DeepSpeech2, ds2_output_lengths
+from src.models.recurrent import reverse_within_lengths
 
 TINY = DS2Config(conv_channels=4, rnn_layers=2, rnn_hidden=8, dropout=0.0)
 
@@ -35,11 +36,13 @@ def test_reverse_within_lengths_is_its_own_inverse_and_leaves_padding():
     torch.testing.assert_close(reverse_within_lengths(y, lens), x)
 
 
-@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
-def test_padding_never_changes_real_frames(rnn_type):
+@pytest.mark.parametrize("rnn_type,bidirectional,lookahead", [("gru", True, 0), ("lstm", True, 0), ("gru", False, 3)])
+def test_padding_never_changes_real_frames(rnn_type, bidirectional, lookahead):
     torch.manual_seed(1)
     model = DeepSpeech2(28, 31, DS2Config(conv_channels=4, rnn_layers=2, rnn_hidden=8, dropout=0.0,
-                                          rnn_type=rnn_type))
+                                          rnn_type=rnn_type, bidirectional=bidirectional, lookahead=lookahead))
+    if model.lookahead is not None:  # not the identity it starts as
+        torch.nn.init.normal_(model.lookahead.conv.weight)
     lens = torch.tensor([61, 40, 23])
     x = torch.randn(3, 61, 28)
     noisy = x.clone()
@@ -76,3 +79,44 @@ def test_ds2_learns_the_toy_corpus_and_resumes_bit_identically(tmp_path):
     final_weights(ds2_config(corpus, tmp_path / "b", "training.epochs=8"))
     resumed, _ = final_weights(ds2_config(corpus, tmp_path / "b", "training.epochs=16"))
     assert_same_weights(straight, resumed)
+
+
+def test_lookahead_is_the_row_convolution_formula():
+    from src.models.ds2 import Lookahead
+
+    torch.manual_seed(2)
+    layer = Lookahead(5, tau=3)
+    torch.nn.init.normal_(layer.conv.weight)
+    x = torch.randn(2, 9, 5)
+    w = layer.conv.weight[:, 0, :]  # (H, tau + 1)
+    expected = torch.zeros_like(x)
+    for t in range(9):
+        for j in range(4):
+            if t + j < 9:
+                expected[:, t] += w[:, j] * x[:, t + j]
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("tau", [0, 2])
+def test_unidirectional_output_ignores_the_far_future(tau):
+    """Frame t' of a forward-only model with lookahead tau reads input frames <= 4 (t' + tau) + 15 only
+    (conv 11 with stride 2 twice: 2 * (2 * (t' + tau) + 5) + 5); a bidirectional one reads them all."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 100, 28)
+    later = x.clone()
+    later[:, 60:] = torch.randn(1, 40, 28)  # the future from input frame 60 on
+    lens = torch.tensor([100])
+    for bidirectional in (False, True):
+        model = DeepSpeech2(28, 31, DS2Config(conv_channels=4, rnn_layers=2, rnn_hidden=8, dropout=0.0,
+                                              bidirectional=bidirectional, lookahead=0 if bidirectional else tau))
+        if model.lookahead is not None:
+            torch.nn.init.normal_(model.lookahead.conv.weight)
+        model.eval()
+        with torch.no_grad():
+            a, b = model.encode(x, lens).ctc_log_probs[0], model.encode(later, lens).ctc_log_probs[0]
+        past = [t for t in range(a.size(0)) if 4 * (t + tau) + 15 < 60]
+        if bidirectional:
+            assert not torch.allclose(a[past[0]], b[past[0]])
+        else:
+            torch.testing.assert_close(a[past], b[past])
+            assert not torch.allclose(a[past[-1] + 1 :], b[past[-1] + 1 :])

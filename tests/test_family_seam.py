@@ -67,6 +67,18 @@ def test_toy_family_trains_resumes_and_decodes_through_the_entry_scripts(corpus,
     assert written.returncode == 0, written.stderr[-2000:]
     assert len(out.read_text().splitlines()) == 1 + 6
 
+    # the CTC prefix beam search with a character LM fused in, tuned on dev
+    from src.lm import CharNgramLM, sentences_from_partition
+
+    lm = CharNgramLM.build(sentences_from_partition(corpus, "train-clean-100"), 3).save(tmp_path / "lm.npz")
+    tuned = run_script("test.py", "--checkpoint", str(tmp_path / "a" / "best.pt"), "--split", "dev-clean",
+                       "--tune-lm", "--device", "cpu", *toy_args(corpus, tmp_path / "a")[:4], f"decoding.lm={lm}",
+                       "decoding.beam_size=4")
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    grid = [line for line in tuned.stdout.splitlines() if line.startswith("lm_weight ")]
+    assert len(grid) == 20 and all(" length_bonus " in line for line in grid)  # the CTC grid: alpha x beta
+    assert "best on dev-clean: decoding.lm_weight=" in tuned.stdout
+
 
 def test_a_model_without_decoders_is_one_line():
     from src.decoding import decode_encoded

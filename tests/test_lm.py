@@ -65,10 +65,12 @@ def test_bad_lm_files_are_one_line(tmp_path):
 
     with pytest.raises(UserError, match="decoding.lm_weight.*needs 'decoding.lm'"):
         load_config(None, ["decoding.lm_weight=0.5"])
-    proc = subprocess.run([sys.executable, "test.py", "decoding.lm=" + str(tmp_path / "none.npz"),
-                           "decoding.lm_weight=0.5", "--checkpoint", str(tmp_path / "x.pt")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    for entry, lm_file, message in [("test.py", tmp_path / "none.npz", "language model not found"),
+                                    ("train.py", tmp_path / "none.npz", "language model not found"),
+                                    ("test.py", tmp_path / "other.npz", "another vocabulary")]:
+        proc = subprocess.run([sys.executable, entry, f"decoding.lm={lm_file}", "decoding.lm_weight=0.5"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
 def test_build_command_writes_the_model_and_prints_perplexity(tmp_path):
@@ -82,29 +84,30 @@ def test_build_command_writes_the_model_and_prints_perplexity(tmp_path):
     assert CharNgramLM.load(tmp_path / "lm.npz").order == 3
 
 
+class Unsure(torch.nn.Module):
+    """An acoustic model that hears K slightly better than C, then A, T, <eos>."""
+
+    def init_state(self, encoded):
+        return (torch.zeros(encoded.lens.shape[0], dtype=torch.long),)
+
+    def step(self, tokens, state, encoded):
+        (t,) = state
+        logits = torch.full((len(tokens), len(VOCAB)), -10.0)
+        first = t == 0
+        logits[first, TOKEN_TO_ID["C"]], logits[first, TOKEN_TO_ID["K"]] = 0.0, 0.2
+        logits[t == 1, TOKEN_TO_ID["A"]] = 0.0
+        logits[t == 2, TOKEN_TO_ID["T"]] = 0.0
+        logits[t >= 3, EOS] = 0.0
+        return logits, (t + 1,), None
+
+    @staticmethod
+    def reorder_state(state, index):
+        return tuple(s.index_select(0, index) for s in state)
+
+
 def test_fusion_steers_the_beam_toward_the_lm_spelling():
     from src.decoding import beam_search
     from src.models.interface import EncoderOutput
-
-    class Unsure(torch.nn.Module):
-        """An acoustic model that hears K slightly better than C, then A, T, <eos>."""
-
-        def init_state(self, encoded):
-            return (torch.zeros(encoded.lens.shape[0], dtype=torch.long),)
-
-        def step(self, tokens, state, encoded):
-            (t,) = state
-            logits = torch.full((len(tokens), len(VOCAB)), -10.0)
-            first = t == 0
-            logits[first, TOKEN_TO_ID["C"]], logits[first, TOKEN_TO_ID["K"]] = 0.0, 0.2
-            logits[t == 1, TOKEN_TO_ID["A"]] = 0.0
-            logits[t == 2, TOKEN_TO_ID["T"]] = 0.0
-            logits[t >= 3, EOS] = 0.0
-            return logits, (t + 1,), None
-
-        @staticmethod
-        def reorder_state(state, index):
-            return tuple(s.index_select(0, index) for s in state)
 
     encoded = EncoderOutput((torch.zeros(1, 4, 1),), torch.tensor([4]))
     lm = CharNgramLM.build(["CAT", "CAT", "CAT", "A CAT"], order=3)
@@ -133,3 +136,29 @@ def test_tune_lm_grid_prints_the_best_pair(tmp_path, capsys, monkeypatch):
     assert f"(mean Levenshtein {min(scores):.3f}," in best
     with pytest.raises(UserError, match="--tune-lm needs --split"):
         run_main(tmp_path, "--checkpoint", str(ckpt), "--tune-lm")
+
+
+@pytest.mark.parametrize("order", [1, 2, 4, 7])
+def test_numba_probabilities_equal_the_dictionary_reference(order, tmp_path):
+    from src.decoding.ngram import history_of, lm_log_probs_batch
+
+    lm = CharNgramLM.load(CharNgramLM.build(TEXT + ["CATS AND DOGS", "A HAT"], order).save(tmp_path / "lm.npz"))
+    rng = np.random.default_rng(order)
+    histories = [tuple(int(t) for t in rng.choice(EVENTS[1:], size=int(rng.integers(0, 9)))) for _ in range(40)]
+    histories += [tuple(TOKEN_TO_ID[c] for c in text[:cut]) for text in TEXT for cut in range(len(text))]
+    got = lm_log_probs_batch(lm.packed(), np.stack([history_of(h, order) for h in histories]))
+    with np.errstate(divide="ignore"):
+        want = np.log(np.stack([lm.probs(h) for h in histories]))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_length_bonus_adds_beta_per_character_to_the_attention_beam_score():
+    from src.decoding import LengthBonus, beam_search
+    from src.models.interface import EncoderOutput
+
+    encoded = EncoderOutput((torch.zeros(1, 4, 1),), torch.tensor([4]))
+    plain = beam_search(Unsure(), encoded, torch.tensor([8]), beam_size=2, return_hypotheses=True)[0]
+    bonus = beam_search(Unsure(), encoded, torch.tensor([8]), beam_size=2, return_hypotheses=True,
+                        scorers=[(0.7, LengthBonus)])[0]
+    assert bonus.tokens == plain.tokens == [TOKEN_TO_ID[c] for c in "KAT"]
+    assert bonus.log_prob == pytest.approx(plain.log_prob + 0.7 * 3, abs=1e-5)  # 3 characters, none for <eos>

@@ -9,7 +9,8 @@
                               (weight, scorer): the CTC prefix scorer when
                               decoding.ctc_weight > 0 (ESPnet's joint decoding), the
                               character LM when decoding.lm_weight > 0 (shallow fusion)
-    CTC only                  CTC best path (greedy), or CTC prefix beam search
+    CTC only                  CTC best path (greedy), or CTC prefix beam search in numba
+                              with the LM fused in (decoding.lm_weight, decoding.length_bonus)
 
 Every decoder bounds the output by the one length policy
 (:func:`max_output_lengths`, per input frame). ``decode_batch`` puts the model
@@ -27,10 +28,12 @@ from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.decoding.greedy import greedy_decode, max_output_lengths, next_token_log_probs, score_sequences
 from src.errors import UserError
 from src.models.interface import EncoderOutput, is_step_decoder
+from src.vocab import EOS, VOCAB
 from src.vocab import decode as ids_to_text
 
 __all__ = [
     "Hypothesis",
+    "LengthBonus",
     "beam_search",
     "decode_batch",
     "decode_encoded",
@@ -67,7 +70,26 @@ def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
 
         lm = load_lm(decoding_cfg.lm)
         scorers.append((decoding_cfg.lm_weight, lambda enc: CharLMScorer(lm, enc.lens.shape[0])))
+    if decoding_cfg.length_bonus != 0.0:
+        scorers.append((decoding_cfg.length_bonus, LengthBonus))
     return 1.0 - ctc_weight, scorers
+
+
+class LengthBonus:
+    """A scorer worth 1 for every character and 0 for <eos>: weighted by decoding.length_bonus,
+    it is the beta of ``score + alpha * log p_LM + beta * length``."""
+
+    def __init__(self, encoded: EncoderOutput):
+        self.rows = encoded.lens.shape[0]
+        self.device = encoded.lens.device
+
+    def score(self, prefix_len: int) -> torch.Tensor:
+        bonus = torch.ones(self.rows, len(VOCAB), device=self.device)  # (N, V)
+        bonus[:, EOS] = 0.0
+        return bonus
+
+    def select(self, index: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.rows = index.numel()
 
 
 _warned: set[str] = set()
@@ -85,7 +107,8 @@ def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, de
     feature_lens (B,): input frames per utterance, for the length policy.
     """
     max_lens = max_output_lengths(feature_lens, decoding_cfg.max_chars_per_frame, decoding_cfg.max_length_min)
-    greedy = decoding_cfg.method == "greedy" or (decoding_cfg.beam_size == 1 and decoding_cfg.ctc_weight == 0.0)
+    greedy = decoding_cfg.method == "greedy" or (decoding_cfg.beam_size == 1 and decoding_cfg.ctc_weight == 0.0
+                                                  and decoding_cfg.lm_weight == 0.0 and decoding_cfg.length_bonus == 0.0)
     if is_step_decoder(model):
         if greedy:
             return greedy_decode(model, encoded, max_lens)
@@ -96,14 +119,17 @@ def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, de
     if encoded.ctc_log_probs is not None:
         from src.decoding import ctc_decode
 
-        if decoding_cfg.lm_weight > 0.0:
-            _warn_once("decoding.lm_weight: LM fusion runs in the attention beam search only for now; "
-                       "this CTC model is decoded without the LM")
         log_probs, lens = encoded.ctc_log_probs, encoded.ctc_lens
         if greedy:
             ids = ctc_decode.ctc_greedy(log_probs, lens)
         else:
-            ids = ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size)
+            fusion = {}
+            if decoding_cfg.lm_weight > 0.0:
+                from src.lm import load_packed_lm
+
+                fusion = {"lm": load_packed_lm(decoding_cfg.lm), "lm_weight": decoding_cfg.lm_weight}
+            ids = ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size,
+                                                    length_bonus=decoding_cfg.length_bonus, **fusion)
         return [row[: int(limit)] for row, limit in zip(ids, max_lens.tolist())]
     raise UserError(f"model family '{getattr(model, 'family', type(model).__name__)}' offers neither a step "
                     "decoder nor CTC log-probs; it cannot be decoded")

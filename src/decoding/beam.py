@@ -128,7 +128,7 @@ def beam_search(
         if fused:
             logp = attention_weight * logp.masked_fill(torch.isinf(logp), 0.0)
             for weight, scorer in fused:
-                logp = logp + weight * scorer.score(t)
+                logp = logp + weight * scorer.score(t).to(logp.device)
             logp[:, PAD] = -math.inf
             logp[:, SOS] = -math.inf
         vocab = logp.shape[1]

@@ -14,6 +14,11 @@ first frame that can hold |g| + 1 labels. Frames beyond an utterance's length
 are padded as certain blanks (log p = 0 for blank, -inf for the rest): that
 leaves every score of the unpadded utterance unchanged, so utterances of
 different lengths share one tensor. Blank is <pad> (id 0).
+
+The same recursion written in numba (one row and token per inner loop, rows
+in parallel) was measured against this one and lost: 8.9 s against 5.2 s on
+one thread, 5.1 s against 5.0 s on two, for a 110-step search over 320 rows
+(bench/bench_ctc_prefix.py, which keeps that version), so this one stays.
 """
 from __future__ import annotations
 
@@ -94,3 +99,4 @@ class CTCPrefixScorer:
         if index.numel() != self.x.shape[1]:
             self.x = self.x[:, index]  # (T'', N, V) -> (T'', N', V)
         self._new = None
+

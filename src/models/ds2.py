@@ -5,7 +5,9 @@
                time and frequency, the second stride ``time_reduction / 2`` in
                time: T' = ceil(T / time_reduction) frames of C * ceil(D / 2) features.
     Recurrent  ``rnn_layers`` bidirectional GRU (or LSTM) layers with sequence-wise
-               batch norm before each (statistics over real frames only).
+               batch norm before each (statistics over real frames only); or, with
+               ``bidirectional: false`` (streaming), forward-only layers followed by a
+               lookahead (row) convolution over the next ``lookahead`` frames.
     Output     a linear layer to the vocabulary; CTC loss with blank = <pad> (id 0).
 
 The family interface (src/models/interface.py), as DS2 fills it:
@@ -27,6 +29,7 @@ from torch import nn
 from src.config import DS2Config
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
 from src.models.losses import ctc_loss
+from src.models.recurrent import reverse_within_lengths
 from src.models.registry import Family, register_family
 
 CONV_KERNEL = (11, 11)  # (time, frequency)
@@ -65,28 +68,45 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         return y * weights
 
 
-def reverse_within_lengths(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """x (B, T, F) with each utterance's first lens[b] frames reversed; padding stays in place."""
-    steps = torch.arange(x.size(1), device=x.device)[None, :]  # (1, T)
-    index = torch.where(steps < lens[:, None], lens[:, None] - 1 - steps, steps)  # (B, T)
-    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.size(2)))
-
-
 class BiRecurrent(nn.Module):
-    """A bidirectional GRU/LSTM layer without packing: the forward direction over the padded batch
-    (padding follows the real frames), the backward one over each utterance reversed in its length."""
+    """A GRU/LSTM layer without packing: the forward direction over the padded batch (padding
+    follows the real frames), the backward one (when bidirectional) over each utterance reversed
+    in its length."""
 
-    def __init__(self, input_dim: int, hidden: int, rnn_type: str):
+    def __init__(self, input_dim: int, hidden: int, rnn_type: str, bidirectional: bool = True):
         super().__init__()
         cell = nn.GRU if rnn_type == "gru" else nn.LSTM
         self.forward_rnn = cell(input_dim, hidden, batch_first=True)
-        self.backward_rnn = cell(input_dim, hidden, batch_first=True)
+        self.backward_rnn = cell(input_dim, hidden, batch_first=True) if bidirectional else None
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """x (B, T, F), lens (B,) -> (B, T, 2H)."""
+        """x (B, T, F), lens (B,) -> (B, T, 2H), or (B, T, H) when unidirectional."""
         fwd, _ = self.forward_rnn(x)  # (B, T, H)
+        if self.backward_rnn is None:
+            return fwd
         bwd, _ = self.backward_rnn(reverse_within_lengths(x, lens))  # (B, T, H), reversed time
         return torch.cat([fwd, reverse_within_lengths(bwd, lens)], dim=2)  # (B, T, H) + (B, T, H) -> (B, T, 2H)
+
+
+class Lookahead(nn.Module):
+    """DS2's row convolution for a unidirectional model: y_t = sum_{j=0..tau} w_j * x_{t+j},
+    one weight vector per future frame and feature (depthwise), so output t sees tau frames ahead.
+
+    x (B, T, H) zero beyond the lengths -> (B, T, H); frames past an utterance's end read as zeros,
+    alone or in a padded batch alike.
+    """
+
+    def __init__(self, dim: int, tau: int):
+        super().__init__()
+        self.tau = tau
+        self.conv = nn.Conv1d(dim, dim, tau + 1, groups=dim, bias=False)
+        nn.init.zeros_(self.conv.weight)
+        with torch.no_grad():
+            self.conv.weight[:, 0, 0] = 1.0  # starts as the identity: y_t = x_t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.pad(x.transpose(1, 2), (0, self.tau))  # (B, T, H) -> (B, H, T + tau), zeros after the end
+        return self.conv(y).transpose(1, 2)  # (B, H, T + tau) -> (B, H, T) -> (B, T, H)
 
 
 class DeepSpeech2(nn.Module):
@@ -105,13 +125,15 @@ class DeepSpeech2(nn.Module):
                                stride=(cfg.time_reduction // 2, 1), padding=pad, bias=False)
         self.norm2 = nn.BatchNorm2d(cfg.conv_channels)
         conv_dim = cfg.conv_channels * ((n_mels - 1) // 2 + 1)
+        rnn_out = (2 if cfg.bidirectional else 1) * cfg.rnn_hidden
         self.rnn_norms = nn.ModuleList(
-            MaskedBatchNorm(conv_dim if i == 0 else 2 * cfg.rnn_hidden) for i in range(cfg.rnn_layers))
+            MaskedBatchNorm(conv_dim if i == 0 else rnn_out) for i in range(cfg.rnn_layers))
         self.rnns = nn.ModuleList(
-            BiRecurrent(conv_dim if i == 0 else 2 * cfg.rnn_hidden, cfg.rnn_hidden, cfg.rnn_type)
+            BiRecurrent(conv_dim if i == 0 else rnn_out, cfg.rnn_hidden, cfg.rnn_type, cfg.bidirectional)
             for i in range(cfg.rnn_layers))
+        self.lookahead = Lookahead(rnn_out, cfg.lookahead) if not cfg.bidirectional and cfg.lookahead else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.output = nn.Linear(2 * cfg.rnn_hidden, vocab_size)
+        self.output = nn.Linear(rnn_out, vocab_size)
 
     def output_lengths(self, feature_lens: torch.Tensor) -> torch.Tensor:
         return ds2_output_lengths(feature_lens, self.cfg.time_reduction)
@@ -147,7 +169,9 @@ class DeepSpeech2(nn.Module):
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, C, T', F) -> (B, T', C, F) -> (B, T', C*F)
         mask = lengths_to_mask(lens, x.size(1))  # (B, T')
         for norm, rnn in zip(self.rnn_norms, self.rnns):
-            x = rnn(self.dropout(norm(x, mask)), lens) * mask.unsqueeze(-1).to(x.dtype)  # (B, T', 2H)
+            x = rnn(self.dropout(norm(x, mask)), lens) * mask.unsqueeze(-1).to(x.dtype)  # (B, T', 2H or H)
+        if self.lookahead is not None:
+            x = F.hardtanh(self.lookahead(x), 0.0, 20.0) * mask.unsqueeze(-1).to(x.dtype)  # (B, T', H)
         log_probs = F.log_softmax(self.output(self.dropout(x)).float(), dim=-1)  # (B, T', 2H) -> (B, T', V)
         return EncoderOutput((), lens, log_probs, lens)
 
@@ -165,4 +189,4 @@ class DeepSpeech2(nn.Module):
 
 register_family(Family("ds2", DS2Config, lambda cfg, n_mels, vocab_size: DeepSpeech2(n_mels, vocab_size, cfg)))
 
-__all__ = ["BiRecurrent", "DeepSpeech2", "MaskedBatchNorm", "ds2_output_lengths", "reverse_within_lengths"]
+__all__ = ["BiRecurrent", "DeepSpeech2", "Lookahead", "MaskedBatchNorm", "ds2_output_lengths"]

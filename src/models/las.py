@@ -30,11 +30,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from src.config import LASConfig
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
 from src.models.losses import attention_cross_entropy, ctc_loss, guided_attention_loss
+from src.models.recurrent import bidirectional_within_lengths
 from src.models.registry import Family, register_family
 
 State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context), all batch-first
@@ -103,35 +103,7 @@ class pBLSTM(nn.Module):
             x = F.pad(x, (0, 0, 0, 1))  # (B, T, F) -> (B, T+1, F), zero frame at the end
         x = x.reshape(batch, x.size(1) // 2, 2 * dim)  # (B, T, F) -> (B, T/2, 2F)
         lens = listener_output_lengths(lens, 1, 1)
-        if x.is_cuda:  # cuDNN runs packed sequences fast
-            packed = pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = self.lstm(packed)
-            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))  # (B, T/2, 2H), zero padded
-            return out, lens
-        return self._bilstm_reversed_in_length(x, lens), lens
-
-    def _bilstm_reversed_in_length(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """The same BLSTM without packing (CPU: packed backward costs O(T^2) memory traffic).
-
-        The forward direction runs over the padded batch (padding comes after
-        the real frames, so it cannot reach them); the backward direction runs
-        over each utterance reversed within its own length. Equal to the packed
-        result (tested); (B, T, 2F) -> (B, T, 2H), zero beyond lens.
-        """
-        batch, frames, dim = x.shape
-        steps = torch.arange(frames, device=x.device)[None, :]  # (1, T)
-        real = steps < lens[:, None]  # (B, T)
-        rev = torch.where(real, lens[:, None] - 1 - steps, steps)  # (B, T): t -> len-1-t inside the length
-        h0 = x.new_zeros(1, batch, self.lstm.hidden_size)
-        lstm = self.lstm
-        fwd_w = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
-        bwd_w = [lstm.weight_ih_l0_reverse, lstm.weight_hh_l0_reverse, lstm.bias_ih_l0_reverse, lstm.bias_hh_l0_reverse]
-        fwd, _, _ = torch.lstm(x, (h0, h0), fwd_w, True, 1, 0.0, self.training, False, True)  # (B, T, H)
-        x_rev = x.gather(1, rev.unsqueeze(2).expand(-1, -1, dim))  # (B, T, 2F) reversed within lens
-        bwd, _, _ = torch.lstm(x_rev, (h0, h0), bwd_w, True, 1, 0.0, self.training, False, True)
-        bwd = bwd.gather(1, rev.unsqueeze(2).expand(-1, -1, bwd.size(2)))  # back to time order
-        out = torch.cat([fwd, bwd], dim=2)  # (B, T, H) + (B, T, H) -> (B, T, 2H)
-        return out * real.unsqueeze(2).to(out.dtype)
+        return bidirectional_within_lengths(self.lstm, x, lens), lens  # (B, T/2, 2F) -> (B, T/2, 2H)
 
 
 class Listener(nn.Module):

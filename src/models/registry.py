@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from src.errors import UserError
 
-BUILTIN_MODULES = {"las": "src.models.las", "ds2": "src.models.ds2"}  # family -> module that registers it on import
+BUILTIN_MODULES = {"las": "src.models.las", "ds2": "src.models.ds2", "transformer": "src.models.transformer"}  # family -> module that registers it on import
 
 
 @dataclass(frozen=True)
