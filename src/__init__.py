@@ -9,7 +9,10 @@ Shape legend, used in every docstring and at every reshape in this package:
     H   hidden size of a recurrent layer (2H for a bidirectional one)
     A   attention key/value dimension
     V   vocabulary size (31)
-    K   beam size
+    K   beam size; N = B * K rows of a beam search
+    t   positions decoded so far (a decoder's key/value cache)
+    d   model width of the transformer family; h heads of dh = d / h each
+    C   channels of a convolution; F features per frame inside a layer
 
 Lengths are integer tensors of shape (B,); masks are built from lengths,
 never from pad values.

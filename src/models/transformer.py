@@ -10,9 +10,8 @@
     Decoder    character embedding + sinusoidal positions, ``decoder_layers`` pre-norm
                layers of causal self-attention, cross-attention and a feed-forward net.
 
-Shapes: B utterances, T input frames, T' encoder frames, U target positions,
-N = rows of a search (B * K), t = positions decoded so far, d = d_model,
-h = heads, dh = d / h, V = vocabulary.
+Shapes follow the legend in src/__init__.py (B, T, T', U, V, N = B * K rows of
+a search, t positions decoded so far, d = d_model, h heads of dh = d / h).
 
 The family interface (src/models/interface.py):
 
