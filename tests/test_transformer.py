@@ -96,3 +96,19 @@ def test_a_tiny_transformer_overfits_a_few_utterances_and_resumes_bit_identicall
     final_weights(transformer_config(corpus, tmp_path / "b", "training.epochs=20", overfit))
     resumed, _ = final_weights(transformer_config(corpus, tmp_path / "b", "training.epochs=40", overfit))
     assert_same_weights(straight, resumed)
+
+
+@pytest.mark.parametrize("block", ["conformer", "transformer"])
+def test_bf16_autocast_on_cpu_matches_fp32(block):
+    """The AMP path (training.amp, bf16 where supported) runs the same objective: loss near the fp32 one,
+    finite gradients everywhere."""
+    model = tiny(block, seed=4).train()
+    x, lens = torch.randn(2, 60, 28), torch.tensor([60, 41])
+    tokens = torch.tensor([[SOS, 5, 6, 7, 2], [SOS, 9, 2, 0, 0]])
+    token_lens = torch.tensor([5, 3])
+    reference = model(x, lens, tokens, token_lens).loss.detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, lens, tokens, token_lens).loss
+    loss.backward()
+    assert abs(float(loss.detach()) - float(reference)) < 0.05 * float(reference)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
