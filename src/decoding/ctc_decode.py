@@ -121,6 +121,15 @@ def _logaddexp(a: float, b: float) -> float:
 
 
 @njit(cache=True)
+def _history_of_node(node: int, parent: np.ndarray, token: np.ndarray, history: np.ndarray) -> None:
+    """history (n,) <- the last n labels of the trie node's prefix, <sos>-padded, oldest first."""
+    for h in range(history.shape[0] - 1, -1, -1):
+        history[h] = token[node] if node > 0 else 1  # <sos> before the first label
+        if node > 0:
+            node = parent[node]
+
+
+@njit(cache=True)
 def _decode_one(lp: np.ndarray, n_frames: int, beam: int, top_k: int, prune: float,
                 parent: np.ndarray, token: np.ndarray, node_lm: np.ndarray, node_len: np.ndarray,
                 lm_order, lm_keys, lm_key_start, lm_row_start, lm_tok, lm_cnt, lm_scale, lm_inv,
@@ -172,12 +181,8 @@ def _decode_one(lp: np.ndarray, n_frames: int, beam: int, top_k: int, prune: flo
         for j in range(n_beam):  # extending
             g = beam_node[j]
             total = _logaddexp(beam_pb[j], beam_pnb[j])
-            if use_lm:  # g's last lm_order - 1 labels, <sos>-padded, oldest first
-                node = g
-                for h in range(lm_order - 2, -1, -1):
-                    history[h] = token[node] if node > 0 else 1  # <sos>
-                    if node > 0:
-                        node = parent[node]
+            if use_lm:
+                _history_of_node(g, parent, token, history)
             for i in range(n_labels):
                 c = labels[i]
                 score = (beam_pb[j] if c == token[g] else total) + row[c]
@@ -219,11 +224,7 @@ def _decode_one(lp: np.ndarray, n_frames: int, beam: int, top_k: int, prune: flo
         g = beam_node[j]
         total = _logaddexp(beam_pb[j], beam_pnb[j]) + lm_weight * node_lm[g] + length_bonus * node_len[g]
         if use_lm:  # the sentence ends here: <eos> after g
-            node = g
-            for h in range(lm_order - 2, -1, -1):
-                history[h] = token[node] if node > 0 else 1
-                if node > 0:
-                    node = parent[node]
+            _history_of_node(g, parent, token, history)
             total += lm_weight * lm_log_prob(lm_order, lm_keys, lm_key_start, lm_row_start, lm_tok, lm_cnt,
                                              lm_scale, lm_inv, history, 2)
         if total > best_score:

@@ -94,11 +94,9 @@ def _find(keys: np.ndarray, lo: int, hi: int, key: int) -> int:
 
 
 @njit(cache=True)
-def lm_log_prob(order, keys, key_start, row_start, tok, cnt, scale, inv, history, c) -> float:
-    """log p(c | history) for one token; history (order - 1,) oldest first, <sos>-padded."""
-    if c == PAD or c == SOS:
-        return -np.inf
-    p = 1.0 / N_EVENTS
+def _seen_contexts(order, keys, key_start, history, found) -> int:
+    """found[k] <- the index of the context of the last k tokens of history, for k = 0, 1, ..
+    up to the first unseen one (every longer context is unseen too); returns how many were seen."""
     key, mult = 0, 1
     for k in range(order):
         if k > 0:  # the context grows by one older token
@@ -106,7 +104,20 @@ def lm_log_prob(order, keys, key_start, row_start, tok, cnt, scale, inv, history
             mult *= KEY_BASE
         i = _find(keys, key_start[k], key_start[k + 1], key)
         if i < 0:
-            break  # unseen: every longer context is unseen too
+            return k
+        found[k] = i
+    return order
+
+
+@njit(cache=True)
+def lm_log_prob(order, keys, key_start, row_start, tok, cnt, scale, inv, history, c) -> float:
+    """log p(c | history) for one token; history (order - 1,) oldest first, <sos>-padded."""
+    if c == PAD or c == SOS:
+        return -np.inf
+    found = np.empty(order, dtype=np.int64)
+    p = 1.0 / N_EVENTS
+    for k in range(_seen_contexts(order, keys, key_start, history, found)):
+        i = found[k]
         count = 0.0
         for j in range(row_start[i], row_start[i + 1]):
             if tok[j] == c:
@@ -123,14 +134,9 @@ def _log_probs_row(order, keys, key_start, row_start, tok, cnt, scale, inv, hist
         out[c] = 1.0 / N_EVENTS
     out[PAD] = 0.0
     out[SOS] = 0.0
-    key, mult = 0, 1
-    for k in range(order):
-        if k > 0:
-            key += history[order - 1 - k] * mult
-            mult *= KEY_BASE
-        i = _find(keys, key_start[k], key_start[k + 1], key)
-        if i < 0:
-            break
+    found = np.empty(order, dtype=np.int64)
+    for k in range(_seen_contexts(order, keys, key_start, history, found)):
+        i = found[k]
         for c in range(out.shape[0]):
             out[c] *= scale[i]
         for j in range(row_start[i], row_start[i + 1]):
