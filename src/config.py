@@ -56,9 +56,11 @@ class TeacherForcingConfig:
 
 @dataclass
 class SpecAugmentConfig:
-    """torchaudio FrequencyMasking/TimeMasking on training batches (independent masks per utterance)."""
+    """Frequency and time masks on training batches (Park et al., 2019), independent per utterance,
+    switched on and widened by training progress (src/schedules.py: specaugment_strength)."""
 
-    start_epoch: int = 8  # first epoch (0-based) with SpecAugment (earlier slows a short run down); -1 disables
+    start: float = 0.5  # training progress (0-1) where masking begins (earlier slows a short run); -1 disables
+    ramp: float = 0.25  # progress over which the mask widths grow from 0 to full (0 = at once)
     freq_mask: int = 4  # max width of each frequency mask (bins)
     n_freq_masks: int = 2  # frequency masks per utterance
     time_mask: int = 40  # max width of each time mask (frames)
@@ -190,6 +192,7 @@ class TrainingConfig:
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock budget; 0 = none
     resume: bool = True  # continue from run_dir/last.pt when it exists
     dev_max_utterances: int = 0  # score only this many dev utterances each epoch; 0 = all
+    dev_decoder: str = "greedy"  # greedy (fast) | test: score dev (and pick best.pt) with test.py's decoding settings
 
 
 @dataclass
@@ -248,6 +251,8 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 # Keys that moved: the old name -> the new one (and what changed), for a one-line "now called" error.
 RENAMED = {f"model.{f.name}": f"model.las.{f.name}" for f in dataclasses.fields(LASConfig)} | {
+    "training.specaugment.start_epoch": "training.specaugment.start (a share of training progress, 0-1: "
+                                        "epochs done / epochs, or minutes / max_minutes with a time budget)",
     "decoding.max_length_ratio": "decoding.max_chars_per_frame (per 10 ms input frame: the old ratio "
                                  "divided by the model's time reduction, e.g. 2.0 / 8 = 0.25)",
 }
@@ -389,6 +394,7 @@ def validate(cfg: Config) -> None:
     _choice(cfg.training.amp, ("auto", "bf16", "fp16", "none"), "training.amp")
     _choice(cfg.training.teacher_forcing.trigger, ("epoch", "aligned", "dev_error"), "training.teacher_forcing.trigger")
     _choice(cfg.decoding.method, ("greedy", "beam"), "decoding.method")
+    _choice(cfg.training.dev_decoder, ("greedy", "test"), "training.dev_decoder")
     _choice(cfg.logging.wandb, ("online", "offline", "disabled"), "logging.wandb")
     for key, value in [
         ("data.n_mels", cfg.data.n_mels),
@@ -414,6 +420,10 @@ def validate(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.training.ctc_weight <= 1.0:
         raise UserError(f"config: 'training.ctc_weight' must be in [0, 1]; got {cfg.training.ctc_weight}")
+    sa = cfg.training.specaugment
+    if not (sa.start == -1 or 0.0 <= sa.start <= 1.0) or sa.ramp < 0.0:
+        raise UserError("config: 'training.specaugment.start' must be in [0, 1] (or -1 to disable) and "
+                        f"'training.specaugment.ramp' at least 0; got {sa.start} and {sa.ramp}")
     for stage in cfg.training.teacher_forcing.stages:
         if not (isinstance(stage, list) and len(stage) == 2):
             raise UserError(

@@ -37,6 +37,25 @@ def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, to
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def training_progress(step: int, total_steps: int, time_fraction: float = 0.0) -> float:
+    """How far a run is, 0-1: the larger of the step fraction and the share of a time budget used."""
+    return min(1.0, max(step / max(1, total_steps), time_fraction))
+
+
+def specaugment_strength(progress: float, start: float, ramp: float) -> float:
+    """Share of the full SpecAugment mask widths at ``progress``: 0 before ``start`` (or when
+    ``start`` < 0), then rising linearly to 1 over ``ramp`` (at once when ``ramp`` is 0).
+
+    A ramp instead of a switch: masks at full width from one batch to the next made the
+    training loss jump by a quarter and dev CER rise for an epoch or two.
+    """
+    if start < 0 or progress < start:
+        return 0.0
+    if ramp <= 0:
+        return 1.0
+    return min(1.0, (progress - start) / ramp)
+
+
 @dataclass
 class PlateauState:
     """Reduce-on-plateau bookkeeping: the lr is base_lr * scale (after warmup)."""

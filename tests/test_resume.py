@@ -21,7 +21,7 @@ def tiny_config(data_root: Path, run_dir: Path, *extra: str):
         "model.las.speller_hidden=16", "model.las.locked_dropout=0.2", "model.las.speller_dropout=0.2",
         "training.epochs=2", "training.device=cpu", "training.warmup_steps=2", "training.lr=3e-3",
         "training.teacher_forcing.trigger=epoch", "training.teacher_forcing.stages=[[0.5, 0.2]]",
-        "training.specaugment.start_epoch=1", "training.specaugment.freq_mask=3",
+        "training.specaugment.start=0.25", "training.specaugment.ramp=0.5", "training.specaugment.freq_mask=3",
         "training.specaugment.time_mask=4", *extra,
     ])
 
@@ -63,12 +63,14 @@ def corpus(tmp_path_factory):
 
 
 def test_two_epochs_equal_one_plus_resume_plus_one(corpus, tmp_path):
-    # plateau: the lr does not depend on the planned number of epochs
-    straight, run = final_weights(tiny_config(corpus, tmp_path / "a", "training.scheduler=plateau"))
+    # plateau lr and SpecAugment at full width from the start: neither depends on the planned number
+    # of epochs, which the first half sets to 1 (the other tests resume within one plan, with a ramp)
+    same_plan = ("training.scheduler=plateau", "training.specaugment.start=0", "training.specaugment.ramp=0")
+    straight, run = final_weights(tiny_config(corpus, tmp_path / "a", *same_plan))
     assert run.state.epoch == 2  # teacher forcing 1 -> 0.5 -> 0.25 (decayed twice):
     assert run.state.hooks["attention"]["teacher_forcing"]["rate"] == 0.25
-    final_weights(tiny_config(corpus, tmp_path / "b", "training.scheduler=plateau", "training.epochs=1"))
-    resumed, run_b = final_weights(tiny_config(corpus, tmp_path / "b", "training.scheduler=plateau"))
+    final_weights(tiny_config(corpus, tmp_path / "b", *same_plan, "training.epochs=1"))
+    resumed, run_b = final_weights(tiny_config(corpus, tmp_path / "b", *same_plan))
     assert run_b.state.epoch == 2
     assert_same_weights(straight, resumed)
     for name in ("last.pt", "best.pt", "config.yaml", "train.log"):

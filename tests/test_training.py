@@ -16,6 +16,8 @@ from src.schedules import (
     cosine_lr,
     next_teacher_forcing,
     plateau_update,
+    specaugment_strength,
+    training_progress,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,51 @@ def test_cosine_lr_known_points():
     assert cosine_lr(110, **kw) == pytest.approx(0.0)
     assert cosine_lr(500, **kw) == pytest.approx(0.0)
     assert cosine_lr(20, **kw, time_fraction=0.5) == pytest.approx(0.5)  # the budget runs ahead of the steps
+
+
+def test_specaugment_strength_ramps_in_by_progress():
+    assert training_progress(50, 200) == 0.25
+    assert training_progress(50, 200, time_fraction=0.6) == 0.6  # a time budget running ahead
+    assert training_progress(500, 200) == 1.0
+    points = [(0.0, 0.0), (0.49, 0.0), (0.5, 0.0), (0.6, 0.4), (0.75, 1.0), (1.0, 1.0)]
+    for progress, strength in points:
+        assert specaugment_strength(progress, 0.5, 0.25) == pytest.approx(strength)
+    assert specaugment_strength(0.5, 0.5, 0.0) == 1.0  # no ramp: full width at the start
+    assert specaugment_strength(1.0, -1, 0.25) == 0.0  # disabled
+
+
+def test_specaugment_masks_are_bands_within_real_frames():
+    """The zeros of every utterance are exactly one band of frames (inside its real frames) and
+    one band of bins, each at most strength x the configured width; strength 0 draws nothing."""
+    from src.config import SpecAugmentConfig
+    from src.training.loop import SpecAugment
+
+    cfg = SpecAugmentConfig(freq_mask=5, n_freq_masks=1, time_mask=7, n_time_masks=1)
+    augment = SpecAugment(cfg)
+    torch.manual_seed(0)
+    batch, frames, dim = 64, 50, 20
+    lens = torch.randint(10, frames + 1, (batch,))
+    features = torch.randn(batch, frames, dim) + 5.0  # no zeros of its own
+    before = torch.get_rng_state()
+    assert augment(features, lens, 0.0) is features
+    assert torch.equal(torch.get_rng_state(), before)
+    widths = {"time": set(), "freq": set()}
+    for strength in (1.0, 0.5):
+        zero = augment(features, lens, strength) == 0
+        for b in range(batch):
+            # the widths are below the sizes, so a fully zero frame is a time mask, a fully zero bin a freq mask
+            rows = [t for t in range(frames) if bool(zero[b, t, :].all())]
+            cols = [d for d in range(dim) if bool(zero[b, :, d].all())]
+            expected = torch.zeros(frames, dim, dtype=torch.bool)
+            expected[rows, :] = True
+            expected[:, cols] = True
+            assert torch.equal(zero[b], expected)  # nothing but the two bands
+            for band, width, name in ((rows, cfg.time_mask, "time"), (cols, cfg.freq_mask, "freq")):
+                assert band == list(range(band[0], band[0] + len(band))) if band else True  # contiguous
+                assert len(band) <= strength * width
+                widths[name].add(len(band))
+            assert all(t < int(lens[b]) for t in rows), "a time mask fell into the padding"
+    assert len(widths["time"]) > 3 and len(widths["freq"]) > 2  # widths are drawn, not fixed
 
 
 def test_plateau_cuts_after_patience():

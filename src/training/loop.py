@@ -38,7 +38,7 @@ from src.checkpoint import load_checkpoint
 from src.config import Config, dump_yaml
 from src.errors import Terminated, UserError
 from src.models import build_model, count_parameters
-from src.schedules import PlateauState, plateau_update
+from src.schedules import PlateauState, plateau_update, specaugment_strength, training_progress
 from src.training.evaluation import DevResult, compute_loss, evaluate, save_attention_png
 from src.training.hooks import hooks_for
 from src.training.runlog import RunLog, WarnOnce
@@ -95,23 +95,42 @@ class SubsetDataset(torch.utils.data.Dataset):
 
 
 class SpecAugment(nn.Module):
-    """torchaudio FrequencyMasking / TimeMasking with independent masks per utterance."""
+    """Frequency and time masks (Park et al., 2019), drawn independently for every utterance.
+
+    Each mask has a width drawn uniformly from 0..strength * max width and a start drawn
+    uniformly where it fits; time masks fall within the utterance's real frames (a mask in
+    the padding of a short utterance would be wasted). Masked values become 0, the
+    utterance mean after per-utterance normalisation. ``strength`` (0-1) comes from
+    schedules.specaugment_strength; 0 returns the features unchanged and draws nothing.
+    """
 
     def __init__(self, sa_cfg):
         super().__init__()
-        import torchaudio.transforms as T
+        self.freq_mask, self.n_freq_masks = sa_cfg.freq_mask, sa_cfg.n_freq_masks
+        self.time_mask, self.n_time_masks = sa_cfg.time_mask, sa_cfg.n_time_masks
 
-        self.masks = nn.ModuleList(
-            [T.FrequencyMasking(sa_cfg.freq_mask, iid_masks=True) for _ in range(sa_cfg.n_freq_masks)]
-            + [T.TimeMasking(sa_cfg.time_mask, iid_masks=True) for _ in range(sa_cfg.n_time_masks)]
-        )
+    @staticmethod
+    def _masks(n: int, max_width: float, sizes: torch.Tensor, length: int) -> torch.Tensor:
+        """``n`` bands per row, each of a width drawn from 0..floor(max_width), within the row's
+        ``sizes`` (B,): -> (B, length) bool, True where masked."""
+        positions = torch.arange(length, device=sizes.device)  # (L,)
+        masked = torch.zeros(sizes.size(0), length, dtype=torch.bool, device=sizes.device)
+        for _ in range(n):
+            width = (torch.rand(sizes.shape, device=sizes.device) * (int(max_width) + 1)).long()
+            width = torch.minimum(width, sizes)  # (B,)
+            first = (torch.rand(sizes.shape, device=sizes.device) * (sizes - width + 1)).long()  # (B,)
+            masked |= (positions[None, :] >= first[:, None]) & (positions[None, :] < (first + width)[:, None])
+        return masked
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, T, D) -> (B, T, D) with masked bands set to 0 (the utterance mean)."""
-        x = features.transpose(1, 2).unsqueeze(1)  # (B, T, D) -> (B, 1, D, T): torchaudio's layout
-        for mask in self.masks:
-            x = mask(x)
-        return x.squeeze(1).transpose(1, 2)  # (B, 1, D, T) -> (B, T, D)
+    def forward(self, features: torch.Tensor, lens: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """features (B, T, D), lens (B,) -> (B, T, D) with the masked bands set to 0."""
+        if strength <= 0.0:
+            return features
+        batch, frames, dim = features.shape
+        lens = lens.to(features.device)
+        freq = self._masks(self.n_freq_masks, strength * self.freq_mask, torch.full_like(lens, dim), dim)  # (B, D)
+        time = self._masks(self.n_time_masks, strength * self.time_mask, lens, frames)  # (B, T)
+        return features.masked_fill(freq[:, None, :] | time[:, :, None], 0.0)  # (B, 1, D) | (B, T, 1) -> (B, T, D)
 
 
 def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
@@ -200,7 +219,7 @@ def setup_run(cfg: Config) -> Run:
               loss_options=type(model).loss_options(cfg.training) if hasattr(model, "loss_options") else {},
               hooks=hooks_for(model, cfg.training, state.hooks))
     run.sync_hook_state()
-    if cfg.training.specaugment.start_epoch >= 0:
+    if cfg.training.specaugment.start >= 0:
         run.specaugment = SpecAugment(cfg.training.specaugment).to(device)
     run.log = RunLog(cfg, run_dir, info.is_main, warn, state.wandb_id)
     state.wandb_id = run.log.wandb_id
@@ -305,6 +324,12 @@ class TerminationRequest:
             raise Terminated("SIGTERM")
 
 
+def progress_of(run: Run, step: int, elapsed_minutes: float) -> float:
+    """Training progress 0-1 (schedules.training_progress): steps, or the share of a time budget."""
+    t = run.cfg.training
+    return training_progress(step, run.total_steps, elapsed_minutes / t.max_minutes if t.max_minutes > 0 else 0.0)
+
+
 def shared_elapsed_minutes(run: Run) -> float:
     """Training minutes so far; under DDP with a budget, rank 0's clock on every rank
     (the budget stop and a time-annealed lr must agree across ranks)."""
@@ -342,7 +367,6 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
     loader = make_loader(run.train_set, cfg.data, shuffle=shuffle, seed=t.seed, epoch=epoch,
                          num_replicas=run.info.world_size, rank=run.info.rank, skip_batches=state.batch)
     n_utts = sum(len(b) for b in loader.batch_sampler)
-    augment = run.specaugment is not None and epoch >= t.specaugment.start_epoch
     options = run.batch_options()  # fixed for the epoch: hooks change only between epochs
     run.model.train()
     bar = tqdm(total=n_utts, unit="utt", desc=f"epoch {epoch + 1}/{t.epochs}", disable=not run.info.is_main,
@@ -366,7 +390,11 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
                 group["lr"] = lr
             with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
                                 enabled=run.amp_dtype is not None):
-                features = run.specaugment(batch.features) if augment else batch.features
+                features = batch.features
+                if run.specaugment is not None:
+                    strength = specaugment_strength(progress_of(run, state.global_step, elapsed),
+                                                    t.specaugment.start, t.specaugment.ramp)
+                    features = run.specaugment(features, batch.feature_lens, strength)
                 out = compute_loss(run.model, batch, features=features, **options)
             loss = out.loss
             if not dist_utils.all_true(bool(torch.isfinite(loss)), run.info, run.device):
@@ -430,7 +458,10 @@ def _interruption(stop: TerminationRequest) -> str:
 
 
 def dev_decoding(cfg: Config):
-    """Dev scoring during training: the configured decoder settings, greedy (fast; test.py may beam)."""
+    """Dev scoring during training: test.py's decoder (training.dev_decoder=test), or the same
+    settings made greedy (fast, but a looping greedy decoder can rank checkpoints unlike the beam)."""
+    if cfg.training.dev_decoder == "test":
+        return cfg.decoding
     return dataclasses.replace(cfg.decoding, method="greedy")
 
 
