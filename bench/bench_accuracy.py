@@ -31,6 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (``--out`` may be elsewhere)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -120,7 +125,7 @@ def main() -> int:
                 rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight, **lm))
     load_after = host_load()
     print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
-          f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {ckpt.relative_to(ROOT)}")
+          f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {shown(ckpt)}")
     print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
     print(f"{'split':<12}{'decoder':<25}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
     for r in rows:

@@ -278,3 +278,17 @@ def test_guided_attention_loss_matches_loops_ignores_padding_and_prefers_the_dia
     lens_u, lens_t = torch.tensor([U]), torch.tensor([T])
     assert guided_attention_loss(diagonal, lens_u, lens_t).item() < 0.01
     assert guided_attention_loss(stuck, lens_u, lens_t).item() > 0.5
+
+
+def test_dev_decoder_follows_test_py_when_asked():
+    """training.dev_decoder=test scores dev with exactly test.py's decoding settings; greedy
+    keeps every setting but the method."""
+    from src.config import load_config
+    from src.training.loop import dev_decoding
+
+    cfg = load_config(None, ["decoding.beam_size=7", "decoding.ctc_weight=0.4"])
+    assert dev_decoding(cfg).method == "greedy" and dev_decoding(cfg).ctc_weight == 0.4
+    cfg = load_config(None, ["decoding.beam_size=7", "decoding.ctc_weight=0.4", "training.dev_decoder=test"])
+    assert dev_decoding(cfg) == cfg.decoding and dev_decoding(cfg).method == "beam"
+    with pytest.raises(UserError, match="dev_decoder"):
+        load_config(None, ["training.dev_decoder=beam"])
