@@ -47,12 +47,9 @@ def main() -> int:
 
     import src.models.las as las_module
     from src.config import load_config
-    from src.data.dataset import SpeechDataset, make_loader
-    from src.models import build_model, count_parameters
+    from src.data.dataset import make_loader
+    from src.models import count_parameters
     from src.training.evaluation import compute_loss
-    from src.training.hooks import hooks_for
-    from src.training.loop import make_optimizer
-    from src.vocab import VOCAB
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="bench/out/corpus", help="data root in the competition layout")
@@ -62,19 +59,14 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
+    from bench_train import training_setup
     from host import describe, host_load
 
     load = host_load()
     cfg = load_config("config.yaml", args.overrides)
     if cfg.model.family != "las":
         sys.exit("bench_profile: the regions are LAS's (listener, speller, attention); use model.family=las")
-    torch.manual_seed(cfg.training.seed)
-    dataset = SpeechDataset(args.root, args.partition, n_mels=cfg.data.n_mels, normalize=cfg.data.normalize)
-    model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).train()
-    optimizer = make_optimizer(model, cfg.training)
-    options = type(model).loss_options(cfg.training)
-    for hook in hooks_for(model, cfg.training):
-        options.update(hook.batch_options())
+    dataset, model, optimizer, options = training_setup(cfg, args.root, args.partition, torch.device("cpu"))
 
     wrap(model.listener, "forward", "listener")
     wrap(model, "teacher_forced", "speller loop")

@@ -21,17 +21,36 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
 
+def training_setup(cfg, root: str, partition: str, device):
+    """What a training step needs, built as train.py builds it (also used by bench_profile.py):
+    the dataset, the seeded model in train mode, AdamW, and the family's loss options."""
+    import torch
+
+    from src.data.dataset import SpeechDataset
+    from src.models import build_model
+    from src.training.hooks import hooks_for
+    from src.training.loop import make_optimizer
+    from src.vocab import VOCAB
+
+    torch.manual_seed(cfg.training.seed)
+    dataset = SpeechDataset(root, partition, n_mels=cfg.data.n_mels, normalize=cfg.data.normalize)
+    model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).to(device).train()
+    optimizer = make_optimizer(model, cfg.training)
+    options = type(model).loss_options(cfg.training)  # the family's objective, as train.py runs it
+    for hook in hooks_for(model, cfg.training):
+        options.update(hook.batch_options())
+    return dataset, model, optimizer, options
+
+
 def main() -> int:
     import torch
 
     from src.config import load_config
-    from src.data.dataset import SpeechDataset, make_loader
+    from src.data.dataset import make_loader
     from src.distributed import choose_device
-    from src.models import build_model, count_parameters
+    from src.models import count_parameters
     from src.training.evaluation import compute_loss
-    from src.training.hooks import hooks_for
-    from src.training.loop import autocast_dtype, make_optimizer
-    from src.vocab import VOCAB
+    from src.training.loop import autocast_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/sample", help="data root in the competition layout")
@@ -46,15 +65,9 @@ def main() -> int:
 
     cfg = load_config("config.yaml", args.overrides)
     device = choose_device(cfg.training.device)
-    torch.manual_seed(cfg.training.seed)
-    dataset = SpeechDataset(args.root, args.partition, n_mels=cfg.data.n_mels, normalize=cfg.data.normalize)
-    model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).to(device).train()
-    optimizer = make_optimizer(model, cfg.training)
+    dataset, model, optimizer, options = training_setup(cfg, args.root, args.partition, device)
     amp = autocast_dtype(cfg.training.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    options = type(model).loss_options(cfg.training)  # the family's objective, as train.py runs it
-    for hook in hooks_for(model, cfg.training):
-        options.update(hook.batch_options())
 
     utts = frames = steps = 0
     start = None
