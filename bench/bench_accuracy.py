@@ -11,12 +11,14 @@ Steps (each skipped when its output exists, so an interrupted run continues):
 2. ``python train.py data.root=bench/out/corpus training.max_minutes=M ...``
    with every other setting from config.yaml;
 3. greedy and beam decoding of dev-clean and test-clean with the best
-   checkpoint, scored by mean Levenshtein distance (the competition metric) and CER.
+   checkpoint (or ``--checkpoint``), scored by mean Levenshtein distance (the competition metric) and CER.
 
 The result table is printed and saved as ``<run folder>/accuracy.json``, with
 the host's load before training and after scoring (a busy host is flagged).
 
     python bench/bench_accuracy.py model.family=ds2     # another family: its own run folder
+    python -m src.average bench/out/run-20min --last 3  # then score the average of the last 3 epochs:
+    python bench/bench_accuracy.py --checkpoint average.pt
 """
 from __future__ import annotations
 
@@ -89,6 +91,9 @@ def main() -> int:
                              "corpus' training transcripts (out/lm-char6.npz) and fuses it")
     parser.add_argument("--name", default=None,
                         help="run folder under --out (default: run-<minutes>min, plus the family when not las)")
+    parser.add_argument("--checkpoint", default="best.pt",
+                        help="checkpoint in the run folder to score, e.g. average.pt from python -m src.average "
+                             "(results go to accuracy-<its name>.json)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
     args = parser.parse_args()
     from host import describe, host_load
@@ -110,7 +115,7 @@ def main() -> int:
              f"training.max_minutes={args.minutes}", "training.epochs=1000", "logging.wandb=disabled", *args.overrides]
         )
         (run_dir / "done").touch()
-    ckpt = run_dir / "best.pt"
+    ckpt = run_dir / args.checkpoint
     lm_weights = [float(w) for w in args.lm_weights.split(",")]
     lm_path = out / "lm-char6.npz"
     if any(w > 0 for w in lm_weights) and not lm_path.exists():
@@ -131,7 +136,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['split']:<12}{r['decoder']:<25}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
-    (run_dir / "accuracy.json").write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,
+    result = "accuracy.json" if args.checkpoint == "best.pt" else f"accuracy-{Path(args.checkpoint).stem}.json"
+    (run_dir / result).write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,
                                                        "host_after": load_after}, indent=2))
     return 0
 

@@ -5,8 +5,8 @@
 
 Runs ``--steps`` real training steps (the same step as ``bench_train.py``) under
 ``torch.profiler`` on the CPU, with a ``record_function`` region around each part:
-data (waiting for the loader), listener, speller loop (the recurrence, attention
-included), attention (within the loop), losses, backward, optimizer (clipping and
+data (waiting for the loader), listener, speller (the recurrence, attention
+included), attention (within the speller), losses, backward, optimizer (clipping and
 AdamW). The regions are added by wrapping methods here, so the model code has no
 profiling in it. Prints ms per step for each region and the ten aten operators with
 the most self time. The profiler adds a few microseconds to every operator, so the
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 
-REGIONS = ["data", "listener", "speller loop", "attention", "losses", "backward", "optimizer"]
+REGIONS = ["data", "listener", "speller", "attention", "losses", "backward", "optimizer"]
 
 
 def wrap(obj, name: str, label: str) -> None:
@@ -69,7 +69,7 @@ def main() -> int:
     dataset, model, optimizer, options = training_setup(cfg, args.root, args.partition, torch.device("cpu"))
 
     wrap(model.listener, "forward", "listener")
-    wrap(model, "teacher_forced", "speller loop")
+    wrap(model, "teacher_forced", "speller")
     wrap(model.speller.attention, "forward", "attention")
     for name in ("attention_cross_entropy", "ctc_loss", "guided_attention_loss"):
         wrap(las_module, name, "losses")
@@ -125,7 +125,7 @@ def main() -> int:
         print(f"{region:<16}{ms:>9.1f}{100 * ms / step_ms:>7.1f}%")
     rest = step_ms - sum(events[r].cpu_time_total / 1000 / args.steps for r in REGIONS if r in events and r != "attention")
     print(f"{'rest':<16}{rest:>9.1f}{100 * rest / step_ms:>7.1f}%")
-    print("(attention is inside the speller loop; losses are attention CE, CTC and guided attention; rest: key/value "
+    print("(attention is inside the speller; losses are attention CE, CTC and guided attention; rest: key/value "
           "and CTC projections, the output layer, zero_grad, Python)")
     ops = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)
     print(f"\n{'aten operator (self time)':<36}{'ms/step':>9}{'calls/step':>12}")

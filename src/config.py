@@ -79,7 +79,8 @@ class LASConfig:
     locked_dropout: float = 0.1  # dropout between listener layers, one mask per utterance
     attention_dim: int = 128  # A: key/value/query size
     embedding_dim: int = 128  # character embedding size E (tied to the output layer)
-    speller_hidden: int = 256  # hidden size of each of the two speller LSTMCells (GPU: 512)
+    speller_hidden: int = 256  # hidden size of each of the two speller LSTMs (GPU: 512)
+    input_feeding: bool = False  # true: the paper's speller, whose first LSTM also reads the previous context (training loops over characters); false: the LSTMs read characters only and training runs every step at once (1.8x utt/s on CPU)
     speller_dropout: float = 0.1  # dropout inside the speller
     tie_weights: bool = True  # char distribution shares the embedding matrix
     ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
@@ -188,6 +189,7 @@ class TrainingConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | none (CUDA only; CPU is always fp32); auto = bf16 if supported
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when available; torchrun uses cuda:LOCAL_RANK)
     seed: int = 11785  # seeds python, numpy and torch (rank r uses seed + r)
+    keep_epochs: int = 5  # keep weights-only epoch_NNN.pt of the last N epochs (python -m src.average); 0 = none
     checkpoint_every_minutes: float = 30.0  # also write 'last' this often mid-epoch; 0 = only per epoch
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock budget; 0 = none
     resume: bool = True  # continue from run_dir/last.pt when it exists
@@ -406,6 +408,8 @@ def validate(cfg: Config) -> None:
     ]:
         if value < 1:
             raise UserError(f"config: '{key}' must be at least 1; got {value}")
+    if cfg.training.keep_epochs < 0:
+        raise UserError(f"config: 'training.keep_epochs' must be at least 0; got {cfg.training.keep_epochs}")
     if cfg.decoding.lm_weight < 0.0:
         raise UserError(f"config: 'decoding.lm_weight' must be at least 0; got {cfg.decoding.lm_weight}")
     if cfg.decoding.lm_weight > 0.0 and not cfg.decoding.lm:

@@ -125,8 +125,9 @@ def _toy_batch(seed=0, B=3, T=30, U=9):
     return x, lens, tokens
 
 
-def test_step_loop_reproduces_teacher_forced_forward():
-    model = tiny_las().eval()
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_step_loop_reproduces_teacher_forced_forward(input_feeding):
+    model = tiny_las(input_feeding=input_feeding).eval()
     x, lens, tokens = _toy_batch()
     with torch.no_grad():
         encoded = model.encode(x, lens)
@@ -158,6 +159,26 @@ def test_teacher_forcing_zero_feeds_own_argmax():
             tok = step_logits.argmax(-1)
 
 
+def test_parallel_scheduled_sampling_feeds_the_guesses_of_a_true_prefix():
+    """Without input feeding, rate 0 (training mode, no dropout): every input after SOS is the
+    argmax the model gives at the position before it when fed the true tokens (step loop reference)."""
+    model = tiny_las(input_feeding=False).train()
+    x, lens, tokens = _toy_batch(seed=4)
+    with torch.no_grad():
+        logits, _ = model.teacher_forced(model.encode(x, lens), tokens, 0.0)
+        enc = model.encode(x, lens)
+        state, guesses = model.init_state(enc), []
+        for u in range(tokens.size(1)):
+            step_logits, state, _ = model.step(tokens[:, u], state, enc)
+            guesses.append(step_logits.argmax(-1))
+        fed = torch.stack([tokens[:, 0]] + guesses[:-1], dim=1)  # (B, U): SOS, then the guess for each position
+        state = model.init_state(enc)
+        for u in range(tokens.size(1)):
+            step_logits, state, _ = model.step(fed[:, u], state, enc)
+            torch.testing.assert_close(step_logits, logits[:, u])
+    assert not torch.equal(fed[:, 1:], tokens[:, 1:])  # the test feeds something other than the truth
+
+
 def test_reorder_state_and_index_select():
     model = tiny_las().eval()
     x, lens, tokens = _toy_batch(seed=5)
@@ -174,11 +195,13 @@ def test_reorder_state_and_index_select():
     assert isinstance(enc.index_select(index), EncoderOutput)
 
 
-def test_weight_tying_and_forget_gate_bias():
-    model = tiny_las()
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_weight_tying_and_forget_gate_bias(input_feeding):
+    model = tiny_las(input_feeding=input_feeding)
     assert model.speller.char_out.weight is model.speller.embedding.weight
-    h = model.speller.cell1.hidden_size
-    bias = model.speller.cell1.bias_ih + model.speller.cell1.bias_hh
+    first = model.speller.cell1 if input_feeding else model.speller.rnn1
+    h = first.hidden_size
+    bias = (first.bias_ih + first.bias_hh) if input_feeding else (first.bias_ih_l0 + first.bias_hh_l0)
     assert torch.all(bias[h : 2 * h] == 1) and torch.all(bias[:h] == 0)
 
 
@@ -258,6 +281,18 @@ def test_checkpoint_rebuilds_model_alone(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.teacher_forced(rebuilt.encode(x, lens), tokens)[0],
                                    model.teacher_forced(model.encode(x, lens), tokens)[0], rtol=0, atol=0)
+
+
+def test_checkpoint_from_before_input_feeding_was_a_setting_loads_with_it(tmp_path):
+    import dataclasses
+
+    model = tiny_las(input_feeding=True).eval()
+    sizes = dataclasses.asdict(model.cfg)
+    del sizes["input_feeding"]  # what checkpoints written before the setting hold
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "family": "las", "model_config": sizes,
+                                          "n_mels": 5, "vocab": list(VOCAB)})
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "old.pt"), "cpu")
+    assert rebuilt.cfg.input_feeding and rebuilt.speller.cell1.input_size == 8 + 8  # embedding + context
 
 
 def test_checkpoint_errors_are_one_line(tmp_path):

@@ -122,16 +122,28 @@ def test_budget_mid_epoch_scores_dev_into_best_and_resumes_exactly(corpus, tmp_p
         calls["n"] += 1
         return 1e9 if calls["n"] == 6 else 0.0
 
+    real_dev = training.evaluate_dev
+
+    def dev_improves_every_time(run):  # so that the weights at the stop are the best so far, whatever they score
+        dev, metrics = real_dev(run)
+        calls["dev"] = calls.get("dev", 0) + 1
+        return dev, {**metrics, "dev_lev": 100.0 - calls["dev"]}
+
     monkeypatch.setattr(training, "shared_elapsed_minutes", budget_gone_before_the_sixth_batch)
+    monkeypatch.setattr(training, "evaluate_dev", dev_improves_every_time)
     _, stopped = final_weights(tiny_config(corpus, tmp_path / "b", no_time, "training.max_minutes=1000"))
     monkeypatch.undo()
     last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     best = torch.load(tmp_path / "b" / "best.pt", weights_only=False)
     assert last["train_state"]["batch"] > 0 and not stopped.state.finished
     # the weights at the stop were scored and, being the best so far, saved as best.pt
-    assert last["train_state"]["best_dev_lev"] == best["train_state"]["best_dev_lev"] < float("inf")
+    assert last["train_state"]["best_dev_lev"] == best["train_state"]["best_dev_lev"] == 98.0
     assert_same_weights(best["model"], last["model"])
     assert "at the budget: dev lev" in (tmp_path / "b" / "train.log").read_text()
+    in_progress = torch.load(tmp_path / "b" / "epoch_002.pt", weights_only=False)  # the snapshot of epoch 2 so far
+    assert_same_weights(in_progress["model"], last["model"])
 
     resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b", no_time, "training.max_minutes=1000"))
     assert_same_weights(straight, resumed)
+    finished = torch.load(tmp_path / "b" / "epoch_002.pt", weights_only=False)  # rewritten when epoch 2 ended
+    assert_same_weights(finished["model"], straight)

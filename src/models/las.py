@@ -5,9 +5,11 @@
                locked dropout between layers; packed sequences from lengths.
     Attention  key/value projections of the listener output, a query from the
                speller state, scaled dot-product scores masked from lengths.
-    Speller    embedding + two LSTMCells + a character distribution network
+    Speller    embedding + two LSTM layers + a character distribution network
                whose output matrix is the embedding (weight tying). ONE step
-               function serves teacher-forced training, greedy and beam search.
+               function serves greedy and beam search, and teacher-forced
+               training with input feeding; without input feeding, training
+               computes every step at once with the same layers (tested equal).
     CTC head   log-softmax over the vocabulary on the output of pBLSTM layer
                ``ctc_layer`` (default 1 of 2 after a stride-2 front end: T/4,
                because at T/8 the listener has fewer frames than a LibriSpeech
@@ -167,18 +169,29 @@ class Attention(nn.Module):
     def forward(
         self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """state (B, Hs), keys/values (B, T', A), lens (B,) ->
-        context (B, A), weights (B, T') summing to 1 and exactly 0 at t >= lens."""
-        query = self.query(state)  # (B, A)
-        scores = torch.bmm(keys, query.unsqueeze(2)).squeeze(2) * self.scale  # (B, T', A) x (B, A, 1) -> (B, T')
-        scores = scores.float().masked_fill(~lengths_to_mask(lens, keys.size(1)), float("-inf"))
-        weights = torch.softmax(scores, dim=1)  # (B, T'), float32 even under autocast
-        context = torch.bmm(weights.unsqueeze(1).to(values.dtype), values).squeeze(1)  # (B, 1, T') x (B, T', A) -> (B, A)
+        """state (B, Hs) or (B, U, Hs), keys/values (B, T', A), lens (B,) -> context (B, A) or (B, U, A),
+        weights (B, T') or (B, U, T') summing to 1 over T' and exactly 0 at t >= lens."""
+        one_step = state.dim() == 2
+        query = self.query(state.unsqueeze(1) if one_step else state)  # (B, U, Hs) -> (B, U, A); one step: U = 1
+        scores = torch.bmm(query, keys.transpose(1, 2)) * self.scale  # (B, U, A) x (B, A, T') -> (B, U, T')
+        mask = lengths_to_mask(lens, keys.size(1)).unsqueeze(1)  # (B, T') -> (B, 1, T'), broadcast over U
+        weights = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=2)  # float32 under autocast
+        context = torch.bmm(weights.to(values.dtype), values)  # (B, U, T') x (B, T', A) -> (B, U, A)
+        if one_step:
+            return context.squeeze(1), weights.squeeze(1)  # (B, 1, A) -> (B, A); (B, 1, T') -> (B, T')
         return context, weights
 
 
 class Speller(nn.Module):
-    """Embedding, two LSTMCells, attention and the character distribution network."""
+    """Embedding, two LSTM layers, attention and the character distribution network.
+
+    With ``input_feeding`` (the paper), the first LSTM reads [embedding; previous
+    context], so step u needs the attention of step u - 1 and training loops over
+    the target one character at a time (two LSTMCells). Without it the LSTMs read
+    the characters only: their outputs for a whole target come from one fused
+    LSTM call per layer and the attention for every step from one batched
+    product, and ``step_features`` is the same computation for one position.
+    """
 
     def __init__(
         self,
@@ -189,13 +202,19 @@ class Speller(nn.Module):
         listener_dim: int,
         dropout: float,
         tie_weights: bool,
+        input_feeding: bool = True,
     ):
         super().__init__()
         self.hidden = hidden
         self.attention_dim = attention_dim
+        self.input_feeding = input_feeding
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.cell1 = nn.LSTMCell(embedding_dim + attention_dim, hidden)
-        self.cell2 = nn.LSTMCell(hidden, hidden)
+        if input_feeding:
+            self.cell1 = nn.LSTMCell(embedding_dim + attention_dim, hidden)
+            self.cell2 = nn.LSTMCell(hidden, hidden)
+        else:  # the same two layers as LSTMs over a sequence (of one position when decoding)
+            self.rnn1 = nn.LSTM(embedding_dim, hidden, batch_first=True)
+            self.rnn2 = nn.LSTM(hidden, hidden, batch_first=True)
         self.attention = Attention(listener_dim, hidden, attention_dim)
         self.dropout = nn.Dropout(dropout)
         # char distribution: [h2; context] -> embedding space -> vocabulary
@@ -204,25 +223,47 @@ class Speller(nn.Module):
         nn.init.normal_(self.embedding.weight, std=embedding_dim**-0.5)
         if tie_weights:
             self.char_out.weight = self.embedding.weight  # (V, E) shared
-        _init_lstm(self.cell1)
-        _init_lstm(self.cell2)
+        for layer in (self.cell1, self.cell2) if input_feeding else (self.rnn1, self.rnn2):
+            _init_lstm(layer)
 
     def init_state(self, batch: int, like: torch.Tensor) -> State:
         """Zero recurrent states and context, (B, Hs) x 4 and (B, A)."""
         h = like.new_zeros(batch, self.hidden)
         return (h, h.clone(), h.clone(), h.clone(), like.new_zeros(batch, self.attention_dim))
 
+    def recurrence(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Without input feeding: embedded (B, U, E) -> top-layer outputs (B, U, Hs), state after
+        the last position. The LSTM layers of teacher-forced training (U = target) and of a step (U = 1)."""
+        h1, c1, h2, c2, context = state
+        out1, (h1, c1) = self.rnn1(embedded, (h1.unsqueeze(0), c1.unsqueeze(0)))  # state (B, Hs) -> (1, B, Hs)
+        out2, (h2, c2) = self.rnn2(self.dropout(out1), (h2.unsqueeze(0), c2.unsqueeze(0)))  # (B, U, Hs)
+        return out2, (h1.squeeze(0), c1.squeeze(0), h2.squeeze(0), c2.squeeze(0), context)  # (1, B, Hs) -> (B, Hs)
+
     def step_features(
         self, tokens: torch.Tensor, state: State, keys, values, lens
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """THE recurrence: tokens (B,) -> output features (B, Hs + A), new state, attn (B, T')."""
-        h1, c1, h2, c2, context = state
-        x = torch.cat([self.embedding(tokens), context], dim=1)  # (B, E) + (B, A) -> (B, E + A)
-        h1, c1 = self.cell1(x, (h1, c1))
-        h2, c2 = self.cell2(self.dropout(h1), (h2, c2))
+        embedded = self.embedding(tokens)  # (B,) -> (B, E)
+        if self.input_feeding:
+            h1, c1, h2, c2, context = state
+            x = torch.cat([embedded, context], dim=1)  # (B, E) + (B, A) -> (B, E + A)
+            h1, c1 = self.cell1(x, (h1, c1))
+            h2, c2 = self.cell2(self.dropout(h1), (h2, c2))
+        else:
+            out, (h1, c1, h2, c2, _) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
+            h2 = out.squeeze(1)  # (B, 1, Hs) -> (B, Hs)
         context, attn = self.attention(h2, keys, values, lens)
         out = torch.cat([h2, context], dim=1)  # (B, Hs) + (B, A) -> (B, Hs + A)
         return out, (h1, c1, h2, c2, context), attn
+
+    def all_features(self, tokens_in: torch.Tensor, keys, values, lens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without input feeding, every position at once: tokens_in (B, U) -> output features
+        (B, U, Hs + A) and attn (B, U, T'), equal to U calls of ``step_features``. Padding at the
+        end of a target cannot reach the real positions before it (the LSTMs run forward)."""
+        state = self.init_state(tokens_in.size(0), keys)
+        out, _ = self.recurrence(self.embedding(tokens_in), state)  # (B, U) -> (B, U, E) -> (B, U, Hs)
+        context, attn = self.attention(out, keys, values, lens)  # (B, U, A), (B, U, T')
+        return torch.cat([out, context], dim=2), attn  # (B, U, Hs) + (B, U, A) -> (B, U, Hs + A)
 
     def char_logits(self, out: torch.Tensor) -> torch.Tensor:
         """Output features (..., Hs + A) -> unnormalised logits (..., V)."""
@@ -246,7 +287,7 @@ class LAS(nn.Module):
         )
         self.speller = Speller(
             vocab_size, cfg.embedding_dim, cfg.speller_hidden, cfg.attention_dim, self.listener.output_dim,
-            cfg.speller_dropout, cfg.tie_weights,
+            cfg.speller_dropout, cfg.tie_weights, cfg.input_feeding,
         )
         self.ctc = nn.Linear(2 * cfg.listener_hidden, vocab_size) if cfg.ctc_head else None
 
@@ -281,13 +322,15 @@ class LAS(nn.Module):
 
     def teacher_forced(self, encoded: EncoderOutput, tokens_in: torch.Tensor, teacher_forcing_rate: float = 1.0
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The speller over a whole target: a loop over the step recurrence.
+        """The speller over a whole target.
 
         tokens_in (B, U) = [SOS, c1, ..., cn] (padded). At each step u > 0 each
         utterance feeds the ground truth tokens_in[:, u] with probability
         ``teacher_forcing_rate``, else its own previous argmax prediction.
         Returns logits (B, U, V) and attn (B, U, T').
         """
+        if not self.cfg.input_feeding:
+            return self._teacher_forced_at_once(encoded, tokens_in, teacher_forcing_rate)
         keys, values = encoded.memory
         state = self.init_state(encoded)
         steps = tokens_in.size(1)
@@ -311,6 +354,24 @@ class LAS(nn.Module):
         else:  # same network, applied once to every step: (B, U, Hs + A) -> (B, U, V)
             all_logits = self.speller.char_logits(torch.stack(embedded_outs, dim=1))
         return all_logits, torch.stack(attns, dim=1)  # attn: U x (B, T') -> (B, U, T')
+
+    def _teacher_forced_at_once(self, encoded: EncoderOutput, tokens_in: torch.Tensor, rate: float
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``teacher_forced`` without input feeding: every position in parallel. Below rate 1 the
+        predictions come from a first, gradient-free pass over the true prefix (parallel scheduled
+        sampling, Duckworth et al., 2019): each input after SOS is, with probability 1 - rate, what
+        the model predicted at that position given the truth before it."""
+        keys, values = encoded.memory
+        if rate < 1.0 and self.training:
+            with torch.no_grad():
+                first, _ = self.speller.all_features(tokens_in, keys, values, encoded.lens)
+                predicted = self.speller.char_logits(first).argmax(dim=-1)  # (B, U, V) -> (B, U): guess of u + 1
+            use_truth = torch.rand(tokens_in.shape, device=tokens_in.device) < rate  # (B, U)
+            use_truth[:, 0] = True  # SOS
+            shifted = torch.cat([tokens_in[:, :1], predicted[:, :-1]], dim=1)  # (B, U): the guess for position u
+            tokens_in = torch.where(use_truth, tokens_in, shifted)
+        out, attn = self.speller.all_features(tokens_in, keys, values, encoded.lens)
+        return self.speller.char_logits(out), attn  # (B, U, Hs + A) -> (B, U, V)
 
     @staticmethod
     def loss_options(training_cfg) -> dict:
@@ -355,7 +416,8 @@ class LAS(nn.Module):
         return LossOutput(loss, parts, encoded, attn)
 
 
-register_family(Family("las", LASConfig, lambda cfg, n_mels, vocab_size: LAS(n_mels, vocab_size, cfg)))
+register_family(Family("las", LASConfig, lambda cfg, n_mels, vocab_size: LAS(n_mels, vocab_size, cfg),
+                       older_defaults={"input_feeding": True}))  # checkpoints from before the setting fed context
 
 
 __all__ = [

@@ -28,6 +28,8 @@ class Family:
     name: str
     config_cls: type  # dataclass of the family's settings (its section of model:)
     build: Callable[[Any, int, int], Any]  # (family config, n_mels, vocab size) -> nn.Module
+    # settings added after checkpoints of the family were first written -> the value such a checkpoint implies
+    older_defaults: dict = dataclasses.field(default_factory=dict)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -67,4 +69,5 @@ def family_config_from_dict(name: str, values: dict, source: str) -> Any:
     """Rebuild a family's config from a checkpoint's dict (unknown keys rejected)."""
     from src.config import build_section
 
-    return build_section(get_family(name).config_cls, values, f"model.{name}.", source)
+    family = get_family(name)
+    return build_section(family.config_cls, {**family.older_defaults, **values}, f"model.{name}.", source)

@@ -52,6 +52,7 @@ from src.training.state import (
     rng_state,
     save_best,
     save_last,
+    save_snapshot,
     seed_everything,
     set_rng_state,
 )
@@ -487,11 +488,12 @@ def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> DevResult:
     dev, dev_metrics = evaluate_dev(run)
     dev_lev = dev_metrics["dev_lev"]
     improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
+    metrics = {**dev_metrics, "epoch": state.epoch + state.batch / max(1, run.steps_per_epoch)}
     if improved:
         state.best_dev_lev = dev_lev
-        metrics = {**dev_metrics, "epoch": state.epoch + state.batch / max(1, run.steps_per_epoch)}
         save_last(run, metrics, rng=rng)  # same position and RNG, new best_dev_lev
         save_best(run, metrics)
+    save_snapshot(run, state.epoch + 1, metrics)  # the epoch in progress; a resume finishes and rewrites it
     run.log.line(f"at the budget: dev lev {dev_lev:.2f} cer {dev_metrics['dev_cer']:.3f}"
                  f"{'  *best*' if improved else ''}")
     return dev
@@ -518,6 +520,7 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResu
     save_last(run, metrics)
     if improved:
         save_best(run, metrics)
+    save_snapshot(run, epoch + 1, metrics)
     if run.info.is_main:
         png = run.run_dir / "attention" / f"epoch_{epoch + 1:03d}.png"
         if dev.attention is not None:
@@ -583,7 +586,8 @@ def train(cfg: Config) -> Run:
             for epoch in range(state.epoch, t.epochs):
                 train_metrics = train_one_epoch(run, epoch, stop)
                 end_of_epoch(run, epoch, train_metrics)
-            run.log.line(f"done: {t.epochs} epochs, best dev lev {state.best_dev_lev:.2f} (greedy), "
+            decoder = "greedy" if t.dev_decoder == "greedy" else "test.py's decoder"
+            run.log.line(f"done: {t.epochs} epochs, best dev lev {state.best_dev_lev:.2f} ({decoder}), "
                          f"{run.elapsed_minutes():.1f} min; checkpoints in {run.run_dir}")
             final_dev_report(run)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM

@@ -205,6 +205,17 @@ def save_best(run: Run, metrics: dict[str, float]) -> None:
         save_checkpoint(run.run_dir / "best.pt", checkpoint_payload(run, metrics))
 
 
+def save_snapshot(run: Run, epoch: int, metrics: dict[str, float]) -> None:
+    """epoch_NNN.pt: the weights after epoch ``epoch`` (1-based; the epoch in progress at a time
+    budget), for checkpoint averaging; only the newest training.keep_epochs are kept."""
+    keep = run.cfg.training.keep_epochs
+    if run.info.is_main and keep > 0:
+        from src.average import SNAPSHOT, prune_snapshots, weights_only
+
+        save_checkpoint(run.run_dir / SNAPSHOT.format(epoch), weights_only(checkpoint_payload(run), metrics))
+        prune_snapshots(run.run_dir, keep)
+
+
 def check_resumable(ckpt: dict, cfg: Config, path: Path) -> str | None:
     """UserError when last.pt holds another model than the config asks for; a one-line
     notice (or None) when a setting that shapes the schedule has changed."""
