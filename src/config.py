@@ -80,7 +80,7 @@ class LASConfig:
     attention_dim: int = 128  # A: key/value/query size
     embedding_dim: int = 128  # character embedding size E (tied to the output layer)
     speller_hidden: int = 256  # hidden size of each of the two speller LSTMs (GPU: 512)
-    input_feeding: bool = False  # true: the paper's speller, whose first LSTM also reads the previous context (training loops over characters); false: the LSTMs read characters only and training runs every step at once (1.8x utt/s on CPU)
+    input_feeding: bool = False  # true: the paper's speller, whose first LSTM also reads the previous context (training loops over characters); false: the LSTMs read characters only and training runs every step at once (1.5-2x utt/s on 2 CPU cores)
     speller_dropout: float = 0.1  # dropout inside the speller
     tie_weights: bool = True  # char distribution shares the embedding matrix
     ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)

@@ -202,7 +202,7 @@ class Speller(nn.Module):
         listener_dim: int,
         dropout: float,
         tie_weights: bool,
-        input_feeding: bool = True,
+        input_feeding: bool = False,
     ):
         super().__init__()
         self.hidden = hidden
