@@ -108,4 +108,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.errors import run_cli
+
+    run_cli(main)  # a missing corpus or a bad override: one line, exit 2
