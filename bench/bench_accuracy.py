@@ -39,8 +39,14 @@ def shown(path: Path) -> str:
 
 
 def run(cmd: list[str]) -> None:
+    """Run a step; its own error line is above, so a failure ends here in one more line (exit 2)."""
+    from src.errors import UserError
+
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        raise UserError(f"bench_accuracy: the step above exited with code {code}; fix what it printed and "
+                        "run the same command again (finished steps are skipped)")
 
 
 def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int, **decoding) -> dict:
@@ -143,4 +149,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.errors import run_cli
+
+    run_cli(main)
