@@ -32,6 +32,7 @@ from src.errors import UserError, run_cli
 SNAPSHOT = "epoch_{:03d}.pt"
 SNAPSHOT_RE = re.compile(r"^epoch_(\d{3,})\.pt$")
 # what an averaged (or snapshot) checkpoint carries: the model and how to rebuild it, no training state
+# (the keys of src/training/state.py's model_payload)
 WEIGHTS_KEYS = ("model", "family", "model_config", "front_end", "n_mels", "vocab", "config")
 
 

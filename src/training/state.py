@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from src import distributed as dist_utils
+from src.average import SNAPSHOT, prune_snapshots
 from src.checkpoint import model_spec, save_checkpoint
 from src.config import Config, to_dict
 from src.errors import UserError
@@ -171,9 +172,9 @@ def lr_for_step(run: Run, step: int, elapsed_minutes: float) -> float:
 # Checkpoints
 
 
-def checkpoint_payload(run: Run, metrics: dict[str, float] | None = None, rng: dict | None = None) -> dict[str, Any]:
-    """last.pt / best.pt: the family and its config, the front end, and the whole training state."""
-    run.sync_hook_state()
+def model_payload(run: Run) -> dict[str, Any]:
+    """The weights and what rebuilds the model from them (src/average.py's WEIGHTS_KEYS): the family
+    and its config, the front end, the vocabulary and the run's config."""
     cfg = run.cfg
     return {
         "model": run.core.state_dict(),
@@ -183,6 +184,15 @@ def checkpoint_payload(run: Run, metrics: dict[str, float] | None = None, rng: d
         "n_mels": cfg.data.n_mels,
         "vocab": list(VOCAB),
         "config": to_dict(cfg),
+    }
+
+
+def checkpoint_payload(run: Run, metrics: dict[str, float] | None = None, rng: dict | None = None) -> dict[str, Any]:
+    """last.pt / best.pt: the model payload and the whole training state."""
+    run.sync_hook_state()
+    cfg = run.cfg
+    return {
+        **model_payload(run),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": {"kind": cfg.training.scheduler, "plateau": dict(run.state.plateau),
                       "total_steps": run.total_steps},
@@ -210,9 +220,7 @@ def save_snapshot(run: Run, epoch: int, metrics: dict[str, float]) -> None:
     budget), for checkpoint averaging; only the newest training.keep_epochs are kept."""
     keep = run.cfg.training.keep_epochs
     if run.info.is_main and keep > 0:
-        from src.average import SNAPSHOT, prune_snapshots, weights_only
-
-        save_checkpoint(run.run_dir / SNAPSHOT.format(epoch), weights_only(checkpoint_payload(run), metrics))
+        save_checkpoint(run.run_dir / SNAPSHOT.format(epoch), {**model_payload(run), "metrics": metrics})
         prune_snapshots(run.run_dir, keep)
 
 
