@@ -84,14 +84,17 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
 
 
 def main() -> int:
+    from src.config import DecodingConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
     parser.add_argument("--train", type=int, default=4000, help="training utterances to synthesise")
     parser.add_argument("--eval", type=int, default=200, help="dev and test utterances each")
     parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
     parser.add_argument("--beam", type=int, default=10, help="beam size for the beam rows")
-    parser.add_argument("--ctc-weights", default="0",
-                        help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention)")
+    parser.add_argument("--ctc-weights", default=f"0,{DecodingConfig().ctc_weight:g}",
+                        help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention; "
+                             "default: 0 and the committed decoding.ctc_weight)")
     parser.add_argument("--lm-weights", default="0",
                         help="comma-separated decoding.lm_weight values; > 0 builds a 6-gram character LM from the "
                              "corpus' training transcripts (out/lm-char6.npz) and fuses it")

@@ -5,10 +5,13 @@ processes (torchrun, gloo DistributedDataParallel, 1 thread each, the same effec
     python bench/bench_cores.py                      # bench/out/corpus (bench_accuracy.py makes it)
     python bench/bench_cores.py --utterances 0       # whole epochs (4,000 utterances) instead of 1,000
     python bench/bench_cores.py --root data/sample --partition train-clean-100
+    python bench/bench_cores.py --repeat 3 --match "2 threads"   # 1 core and the 2-thread rows, 3 runs each
 
 Each row is one epoch of train.py over the first ``--utterances`` training utterances
 (symlinked into a temporary copy of the layout; no SortaGrad, so batches are shuffled as in
 later epochs; dev scoring limited to 20 utterances and not timed), read from its epoch line.
+With ``--repeat N`` every row runs N times, interleaved (row 1, row 2, ..., row 1, ...) so a
+slow minute of the host hits all rows alike; the table shows the median and the range.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,12 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def epoch_throughput(cmd: list[str], env: dict) -> float:
     """utt/s from the epoch line of a train.py run (the run's throughput, all ranks)."""
+    from src.errors import UserError
+
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"bench_cores: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"bench_cores: train.py exited with code {proc.returncode} ({last}); command: {' '.join(cmd)}")
     match = re.search(r"^epoch 1/1 .* ([0-9.]+) utt/s", proc.stdout, flags=re.M)
     if match is None:
-        sys.exit(f"bench_cores: no epoch line in the output of {' '.join(cmd)}")
+        raise UserError(f"bench_cores: no epoch line in the output of {' '.join(cmd)}")
     return float(match.group(1))
 
 
@@ -59,10 +66,21 @@ def main() -> int:
     parser.add_argument("--partition", default="train-clean-100")
     parser.add_argument("--utterances", type=int, default=1000,
                         help="train on the first N utterances of the partition (0 = all)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every row (median and range shown)")
+    parser.add_argument("--match", action="append", default=[],
+                        help="keep only the rows whose name contains this text (repeatable; the 1-core row is kept)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
     args = parser.parse_args()
     sys.path[:0] = [str(Path(__file__).parent), str(ROOT)]
     from host import describe, host_load
+
+    from src.errors import UserError
+
+    if not (Path(args.root) / args.partition).is_dir():
+        raise UserError(f"bench_cores: no {args.partition} under {args.root}; make the corpus with "
+                        "python bench/bench_accuracy.py, or pass --root and --partition")
+    if args.repeat < 1:
+        raise UserError(f"bench_cores: --repeat must be at least 1; got {args.repeat}")
 
     print(describe(host_load()), flush=True)
     from src.config import DataConfig
@@ -88,22 +106,32 @@ def main() -> int:
                      {"OMP_NUM_THREADS": "1"},
                      [f"data.max_utterances_per_batch={batch // 2}", f"data.max_frames_per_batch={frames // 2}",
                       f"data.num_workers={workers}"]))
-    results = []
+    if args.match:
+        rows = rows[:1] + [row for row in rows[1:] if any(text in row[0] for text in args.match)]
+    rates: dict[str, list[float]] = {name: [] for name, *_ in rows}
     try:
-        for i, (name, prefix, env_extra, extra) in enumerate(rows):
-            env = dict(os.environ, **env_extra)
-            rate = epoch_throughput([*prefix, *common, f"logging.run_dir={work / str(i)}", *extra], env)
-            results.append((name, rate))
-            print(f"{name:<50}{rate:>8.1f} utt/s", flush=True)
+        for run in range(args.repeat):
+            for i, (name, prefix, env_extra, extra) in enumerate(rows):
+                env = dict(os.environ, **env_extra)
+                rate = epoch_throughput([*prefix, *common, f"logging.run_dir={work / f'{run}-{i}'}", *extra], env)
+                rates[name].append(rate)
+                print(f"{name:<50}{rate:>8.1f} utt/s" + (f"  (run {run + 1})" if args.repeat > 1 else ""), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = results[0][1]
-    print(f"\nbench_cores: {args.root}/{args.partition} ({args.utterances or 'all'} utterances), effective batch <= {batch} utterances in every row")
+    base = statistics.median(rates[rows[0][0]])
+    print(describe(host_load()) + "  (after the runs)")
+    print(f"\nbench_cores: {args.root}/{args.partition} ({args.utterances or 'all'} utterances), effective batch "
+          f"<= {batch} utterances in every row" + (f", median of {args.repeat} runs (range)" if args.repeat > 1 else ""))
     print(f"{'setting':<50}{'utt/s':>8}{'vs 1 core':>11}")
-    for name, rate in results:
-        print(f"{name:<50}{rate:>8.1f}{rate / base:>10.2f}x")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        spread = f"  ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""
+        print(f"{name:<50}{rate:>8.1f}{rate / base:>10.2f}x{spread}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.path.insert(0, str(ROOT))
+    from src.errors import run_cli
+
+    run_cli(main)  # a missing corpus, a failing row or a bad override: one line, exit 2

@@ -173,9 +173,10 @@ class TrainingConfig:
     weight_decay: float = 1e-2  # AdamW decoupled weight decay
     sortagrad_epochs: int = 1  # SortaGrad: this many first epochs go shortest utterances first (helps alignment)
     warmup_steps: int = 100  # linear warmup from 0 to lr, in optimizer steps
-    scheduler: str = "cosine"  # cosine (per step, to min_lr at the last epoch) | plateau (on dev Levenshtein)
-    anneal_by_time: bool = True  # cosine with max_minutes > 0: progress = max(step fraction, time fraction)
-    min_lr: float = 1e-5  # floor of both schedules
+    scheduler: str = "cosine"  # cosine (per step, to min_lr at the last epoch) | wsd (warmup, hold, decay at the end) | plateau (on dev Levenshtein)
+    decay_fraction: float = 0.2  # wsd: the last share of training, in which the lr falls linearly to min_lr
+    anneal_by_time: bool = True  # cosine/wsd with max_minutes > 0: progress = max(step fraction, time fraction)
+    min_lr: float = 1e-5  # floor of every schedule
     plateau_factor: float = 0.5  # plateau: multiply lr by this when dev stops improving
     plateau_patience: int = 2  # plateau: epochs without improvement before a cut
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
@@ -392,7 +393,9 @@ def validate(cfg: Config) -> None:
     from src.models.registry import family_names
 
     _choice(cfg.model.family, tuple(family_names()), "model.family")
-    _choice(cfg.training.scheduler, ("cosine", "plateau"), "training.scheduler")
+    _choice(cfg.training.scheduler, ("cosine", "wsd", "plateau"), "training.scheduler")
+    if not 0.0 < cfg.training.decay_fraction <= 1.0:
+        raise UserError(f"config: 'training.decay_fraction' must be in (0, 1]; got {cfg.training.decay_fraction}")
     _choice(cfg.training.amp, ("auto", "bf16", "fp16", "none"), "training.amp")
     _choice(cfg.training.teacher_forcing.trigger, ("epoch", "aligned", "dev_error"), "training.teacher_forcing.trigger")
     _choice(cfg.decoding.method, ("greedy", "beam"), "decoding.method")

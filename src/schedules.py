@@ -37,6 +37,26 @@ def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, to
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
+def wsd_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+           decay_fraction: float, time_fraction: float = 0.0) -> float:
+    """Warmup, stable, decay: warmup, then ``base_lr`` held, then a straight line down to
+    ``min_lr`` over the last ``decay_fraction`` of the run.
+
+    Progress after warmup is measured as in :func:`cosine_lr` (steps, or the share of a time
+    budget when that runs ahead). A cosine spends most of a short budget below its peak; holding
+    the peak and cooling down at the end keeps learning fast for longer and ends annealed all the
+    same (Hu et al. 2024, MiniCPM; Hägele et al. 2024, who find it matches cosine at equal compute).
+    """
+    if step < warmup_steps:
+        return base_lr * warmup_factor(step, warmup_steps)
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max((step - warmup_steps) / span, time_fraction))
+    decay_start = 1.0 - decay_fraction
+    if progress <= decay_start:
+        return base_lr
+    return base_lr + (min_lr - base_lr) * (progress - decay_start) / decay_fraction
+
+
 def training_progress(step: int, total_steps: int, time_fraction: float = 0.0) -> float:
     """How far a run is, 0-1: the larger of the step fraction and the share of a time budget used."""
     return min(1.0, max(step / max(1, total_steps), time_fraction))

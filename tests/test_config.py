@@ -158,6 +158,8 @@ def test_value_checks():
         load_config(None, ["data.max_frames_per_batch=0"])
     with pytest.raises(UserError, match="training.ctc_weight"):
         load_config(None, ["training.ctc_weight=1.5"])
+    with pytest.raises(UserError, match="training.decay_fraction"):
+        load_config(None, ["training.scheduler=wsd", "training.decay_fraction=0"])
     with pytest.raises(UserError, match="not key=value"):
         load_config(None, ["training.lr"])
 

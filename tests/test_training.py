@@ -18,6 +18,7 @@ from src.schedules import (
     plateau_update,
     specaugment_strength,
     training_progress,
+    wsd_lr,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,19 @@ def test_cosine_lr_known_points():
     assert cosine_lr(110, **kw) == pytest.approx(0.0)
     assert cosine_lr(500, **kw) == pytest.approx(0.0)
     assert cosine_lr(20, **kw, time_fraction=0.5) == pytest.approx(0.5)  # the budget runs ahead of the steps
+
+
+def test_wsd_lr_holds_the_peak_then_falls_linearly():
+    # warmup 10 steps, then 100 steps of progress; the last 20% (steps 90-110) decay 1 -> 0
+    kw = dict(base_lr=1.0, min_lr=0.0, warmup_steps=10, total_steps=110, decay_fraction=0.2)
+    assert wsd_lr(0, **kw) == pytest.approx(0.1)
+    assert wsd_lr(10, **kw) == pytest.approx(1.0)
+    assert wsd_lr(90, **kw) == pytest.approx(1.0)  # progress 0.8: the decay starts here
+    assert wsd_lr(100, **kw) == pytest.approx(0.5)  # half of the decay
+    assert wsd_lr(110, **kw) == pytest.approx(0.0)
+    assert wsd_lr(500, **kw) == pytest.approx(0.0)
+    assert wsd_lr(20, **kw, time_fraction=0.9) == pytest.approx(0.5)  # the budget runs ahead of the steps
+    assert wsd_lr(50, base_lr=1.0, min_lr=0.2, warmup_steps=0, total_steps=100, decay_fraction=1.0) == pytest.approx(0.6)
 
 
 def test_specaugment_strength_ramps_in_by_progress():

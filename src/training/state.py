@@ -26,7 +26,7 @@ from src.checkpoint import model_spec, save_checkpoint
 from src.config import Config, to_dict
 from src.errors import UserError
 from src.models.registry import family_config
-from src.schedules import PlateauState, cosine_lr, plateau_lr
+from src.schedules import PlateauState, cosine_lr, plateau_lr, wsd_lr
 from src.training.runlog import RunLog, WarnOnce
 from src.vocab import VOCAB
 
@@ -164,6 +164,9 @@ def lr_for_step(run: Run, step: int, elapsed_minutes: float) -> float:
         return plateau_lr(step, PlateauState(**run.state.plateau), base_lr=t.lr, min_lr=t.min_lr,
                           warmup_steps=t.warmup_steps)
     time_fraction = elapsed_minutes / t.max_minutes if (t.anneal_by_time and t.max_minutes > 0) else 0.0
+    if t.scheduler == "wsd":
+        return wsd_lr(step, base_lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, total_steps=run.total_steps,
+                      decay_fraction=t.decay_fraction, time_fraction=time_fraction)
     return cosine_lr(step, base_lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps,
                      total_steps=run.total_steps, time_fraction=time_fraction)
 
