@@ -57,9 +57,11 @@ class TeacherForcingConfig:
 @dataclass
 class SpecAugmentConfig:
     """Frequency and time masks on training batches (Park et al., 2019), independent per utterance,
-    switched on and widened by training progress (src/schedules.py: specaugment_strength)."""
+    switched on by the trigger and widened by training progress (src/schedules.py: specaugment_begins,
+    specaugment_strength)."""
 
-    start: float = 0.5  # training progress (0-1) where masking begins (earlier slows a short run); -1 disables
+    trigger: str = "overfit"  # overfit: from the first epoch whose training loss is below the dev loss | progress: from start
+    start: float = 0.0  # training progress (0-1) before which there are no masks, whatever the trigger; -1 disables
     ramp: float = 0.25  # progress over which the mask widths grow from 0 to full (0 = at once)
     freq_mask: int = 4  # max width of each frequency mask (bins)
     n_freq_masks: int = 2  # frequency masks per utterance
@@ -173,7 +175,7 @@ class TrainingConfig:
     weight_decay: float = 1e-2  # AdamW decoupled weight decay
     sortagrad_epochs: int = 1  # SortaGrad: this many first epochs go shortest utterances first (helps alignment)
     warmup_steps: int = 100  # linear warmup from 0 to lr, in optimizer steps
-    scheduler: str = "cosine"  # cosine (per step, to min_lr at the last epoch) | wsd (warmup, hold, decay at the end) | plateau (on dev Levenshtein)
+    scheduler: str = "wsd"  # wsd (warmup, hold the peak, decay at the end) | cosine (per step, to min_lr at the last epoch) | plateau (on dev Levenshtein)
     decay_fraction: float = 0.2  # wsd: the last share of training, in which the lr falls linearly to min_lr
     anneal_by_time: bool = True  # cosine/wsd with max_minutes > 0: progress = max(step fraction, time fraction)
     min_lr: float = 1e-5  # floor of every schedule
@@ -397,6 +399,7 @@ def validate(cfg: Config) -> None:
     if not 0.0 < cfg.training.decay_fraction <= 1.0:
         raise UserError(f"config: 'training.decay_fraction' must be in (0, 1]; got {cfg.training.decay_fraction}")
     _choice(cfg.training.amp, ("auto", "bf16", "fp16", "none"), "training.amp")
+    _choice(cfg.training.specaugment.trigger, ("overfit", "progress"), "training.specaugment.trigger")
     _choice(cfg.training.teacher_forcing.trigger, ("epoch", "aligned", "dev_error"), "training.teacher_forcing.trigger")
     _choice(cfg.decoding.method, ("greedy", "beam"), "decoding.method")
     _choice(cfg.training.dev_decoder, ("greedy", "test"), "training.dev_decoder")

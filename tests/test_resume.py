@@ -21,7 +21,7 @@ def tiny_config(data_root: Path, run_dir: Path, *extra: str):
         "model.las.speller_hidden=16", "model.las.locked_dropout=0.2", "model.las.speller_dropout=0.2",
         "training.epochs=2", "training.device=cpu", "training.warmup_steps=2", "training.lr=3e-3",
         "training.teacher_forcing.trigger=epoch", "training.teacher_forcing.stages=[[0.5, 0.2]]",
-        "training.specaugment.start=0.25", "training.specaugment.ramp=0.5", "training.specaugment.freq_mask=3",
+        "training.specaugment.trigger=progress", "training.specaugment.start=0.25", "training.specaugment.ramp=0.5", "training.specaugment.freq_mask=3",
         "training.specaugment.time_mask=4", *extra,
     ])
 
@@ -99,6 +99,41 @@ def test_ctrl_c_mid_epoch_then_resume_is_identical(corpus, tmp_path, monkeypatch
     ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["batch"]) == (1, 1)
     resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b"))
+    assert_same_weights(straight, resumed)
+
+
+def test_overfit_trigger_latches_and_survives_a_resume(corpus, tmp_path, monkeypatch):
+    """SpecAugment by the overfit trigger: off in epoch 1, latched at its end (the trigger is patched to
+    fire), on in epoch 2; a Ctrl-C in epoch 2 and a resume give the same weights as a straight run,
+    which they would not if last.pt lost the latch (the resumed batches would go unmasked)."""
+    import src.training.loop as training
+
+    overfit = ("training.specaugment.trigger=overfit", "training.specaugment.start=0",
+               "training.specaugment.ramp=0")
+    seen = []
+    monkeypatch.setattr(training, "specaugment_begins", lambda trigger, **kw: seen.append(kw) or True)
+    straight, run = final_weights(tiny_config(corpus, tmp_path / "a", *overfit))
+    assert run.state.specaugment_from == pytest.approx(0.5)  # latched at the end of epoch 1 of 2, once
+    assert len(seen) == 1 and seen[0]["dev_loss"] > 0 and seen[0]["train_loss"] > 0
+    unmasked, _ = final_weights(tiny_config(corpus, tmp_path / "u", "training.specaugment.start=-1"))
+    assert any(not torch.equal(straight[k], unmasked[k]) for k in straight)  # the masks did change epoch 2
+
+    real = training.shared_elapsed_minutes
+    calls = {"n": 0}
+
+    def interrupt_at_sixth_batch(run):  # called once at the start of every training batch
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 2, batch 2 (4 batches per epoch)
+            raise KeyboardInterrupt
+        return real(run)
+
+    monkeypatch.setattr(training, "shared_elapsed_minutes", interrupt_at_sixth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_config(corpus, tmp_path / "b", *overfit))
+    monkeypatch.setattr(training, "shared_elapsed_minutes", real)
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["batch"]) == (1, 1)
+    resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b", *overfit))
     assert_same_weights(straight, resumed)
 
 

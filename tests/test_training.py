@@ -16,6 +16,7 @@ from src.schedules import (
     cosine_lr,
     next_teacher_forcing,
     plateau_update,
+    specaugment_begins,
     specaugment_strength,
     training_progress,
     wsd_lr,
@@ -50,6 +51,18 @@ def test_wsd_lr_holds_the_peak_then_falls_linearly():
     assert wsd_lr(500, **kw) == pytest.approx(0.0)
     assert wsd_lr(20, **kw, time_fraction=0.9) == pytest.approx(0.5)  # the budget runs ahead of the steps
     assert wsd_lr(50, base_lr=1.0, min_lr=0.2, warmup_steps=0, total_steps=100, decay_fraction=1.0) == pytest.approx(0.6)
+
+
+def test_specaugment_begins_by_progress_or_when_training_loss_is_below_dev_loss():
+    nan = float("nan")
+    assert specaugment_begins("progress", progress=0.5, start=0.5, train_loss=9.0, dev_loss=1.0)
+    assert not specaugment_begins("progress", progress=0.4, start=0.5, train_loss=0.1, dev_loss=1.0)
+    assert specaugment_begins("overfit", progress=0.1, start=0.0, train_loss=0.9, dev_loss=1.0)
+    assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=1.1, dev_loss=1.0)  # underfit
+    assert not specaugment_begins("overfit", progress=0.1, start=0.2, train_loss=0.9, dev_loss=1.0)  # too early
+    assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=nan, dev_loss=1.0)
+    assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=0.5, dev_loss=nan)
+    assert not specaugment_begins("overfit", progress=0.9, start=-1, train_loss=0.5, dev_loss=1.0)  # disabled
 
 
 def test_specaugment_strength_ramps_in_by_progress():

@@ -38,7 +38,7 @@ from src.checkpoint import load_checkpoint
 from src.config import Config, dump_yaml
 from src.errors import Terminated, UserError
 from src.models import build_model, count_parameters
-from src.schedules import PlateauState, plateau_update, specaugment_strength, training_progress
+from src.schedules import PlateauState, plateau_update, specaugment_begins, specaugment_strength, training_progress
 from src.training.evaluation import DevResult, compute_loss, evaluate, save_attention_png
 from src.training.hooks import hooks_for
 from src.training.runlog import RunLog, WarnOnce
@@ -331,6 +331,29 @@ def progress_of(run: Run, step: int, elapsed_minutes: float) -> float:
     return training_progress(step, run.total_steps, elapsed_minutes / t.max_minutes if t.max_minutes > 0 else 0.0)
 
 
+def specaugment_from(run: Run) -> float:
+    """Progress from which the SpecAugment masks grow: ``start`` (trigger progress), or the progress
+    at which the overfit trigger latched (-1, no masks, until then)."""
+    sa = run.cfg.training.specaugment
+    return sa.start if sa.trigger == "progress" or sa.start < 0 else run.state.specaugment_from
+
+
+def update_specaugment(run: Run, train_loss: float, dev_loss: float) -> str:
+    """After an epoch: latch the overfit trigger (rank 0 decides, every rank follows) and describe
+    the masks' strength for the epoch line ("" without SpecAugment)."""
+    if run.specaugment is None:
+        return ""
+    sa, state = run.cfg.training.specaugment, run.state
+    progress = progress_of(run, state.global_step, run.elapsed_minutes())
+    if sa.trigger == "overfit" and state.specaugment_from < 0:
+        begins = specaugment_begins(sa.trigger, progress=progress, start=sa.start, train_loss=train_loss,
+                                    dev_loss=dev_loss)
+        begins, progress = dist_utils.broadcast_object((begins, progress), run.info)  # rank 0's decision
+        if begins:
+            state.specaugment_from = progress
+    return f"sa {specaugment_strength(progress, specaugment_from(run), sa.ramp):.2f}"
+
+
 def shared_elapsed_minutes(run: Run) -> float:
     """Training minutes so far; under DDP with a budget, rank 0's clock on every rank
     (the budget stop and a time-annealed lr must agree across ranks)."""
@@ -394,7 +417,7 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
                 features = batch.features
                 if run.specaugment is not None:
                     strength = specaugment_strength(progress_of(run, state.global_step, elapsed),
-                                                    t.specaugment.start, t.specaugment.ramp)
+                                                    specaugment_from(run), t.specaugment.ramp)
                     features = run.specaugment(features, batch.feature_lens, strength)
                 out = compute_loss(run.model, batch, features=features, **options)
             loss = out.loss
@@ -504,6 +527,8 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResu
     state, t = run.state, run.cfg.training
     dev, dev_metrics = evaluate_dev(run)
     hook_summary = "  ".join(hook.end_of_epoch(epoch, dev_metrics) for hook in run.hooks)
+    hook_summary = "  ".join(filter(None, [hook_summary, update_specaugment(run, train_metrics["train_loss"],
+                                                                            dev_metrics["dev_loss"])]))
     dev_lev = dev_metrics["dev_lev"]
     if t.scheduler == "plateau" and not math.isnan(dev_lev):
         state.plateau = dataclasses.asdict(plateau_update(PlateauState(**state.plateau), dev_lev,

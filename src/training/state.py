@@ -85,6 +85,7 @@ class TrainState:
     hooks: dict = field(default_factory=dict)  # hook name -> its state (e.g. attention: teacher forcing)
     plateau: dict = field(default_factory=lambda: dataclasses.asdict(PlateauState()))
     best_dev_lev: float = math.inf
+    specaugment_from: float = -1.0  # progress at which SpecAugment switched on (trigger overfit); -1: not yet
     nan_skips: int = 0  # batches skipped for a non-finite loss or gradient, over the whole run
     elapsed_minutes: float = 0.0  # training wall clock over all sessions of this run
     epoch_sums: dict = field(default_factory=new_epoch_sums)
