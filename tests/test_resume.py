@@ -57,6 +57,29 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+def assert_ctrl_c_at_sixth_batch_then_resume_gives(straight, corpus, run_dir, monkeypatch, *extra) -> None:
+    """Ctrl-C at epoch 2, batch 2 (4 batches per epoch), then a resume: the weights equal ``straight``."""
+    import src.training.loop as training
+
+    real = training.shared_elapsed_minutes
+    calls = {"n": 0}
+
+    def interrupt_at_sixth_batch(run):  # called once at the start of every training batch
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(run)
+
+    monkeypatch.setattr(training, "shared_elapsed_minutes", interrupt_at_sixth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_config(corpus, run_dir, *extra))
+    monkeypatch.setattr(training, "shared_elapsed_minutes", real)
+    ckpt = torch.load(run_dir / "last.pt", weights_only=False)
+    assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["batch"]) == (1, 1)
+    resumed, _ = final_weights(tiny_config(corpus, run_dir, *extra))
+    assert_same_weights(straight, resumed)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"))
@@ -79,27 +102,8 @@ def test_two_epochs_equal_one_plus_resume_plus_one(corpus, tmp_path):
 
 
 def test_ctrl_c_mid_epoch_then_resume_is_identical(corpus, tmp_path, monkeypatch):
-    import src.training.loop as training
-
-    straight, _ = final_weights(tiny_config(corpus, tmp_path / "a"))  # cosine schedule
-
-    real = training.shared_elapsed_minutes
-    calls = {"n": 0}
-
-    def interrupt_at_sixth_batch(run):  # called once at the start of every training batch
-        calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2, batch 2 (4 batches per epoch)
-            raise KeyboardInterrupt
-        return real(run)
-
-    monkeypatch.setattr(training, "shared_elapsed_minutes", interrupt_at_sixth_batch)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(tiny_config(corpus, tmp_path / "b"))
-    monkeypatch.setattr(training, "shared_elapsed_minutes", real)
-    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
-    assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["batch"]) == (1, 1)
-    resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b"))
-    assert_same_weights(straight, resumed)
+    straight, _ = final_weights(tiny_config(corpus, tmp_path / "a"))  # the default (wsd) schedule
+    assert_ctrl_c_at_sixth_batch_then_resume_gives(straight, corpus, tmp_path / "b", monkeypatch)
 
 
 def test_overfit_trigger_latches_and_survives_a_resume(corpus, tmp_path, monkeypatch):
@@ -117,24 +121,7 @@ def test_overfit_trigger_latches_and_survives_a_resume(corpus, tmp_path, monkeyp
     assert len(seen) == 1 and seen[0]["dev_loss"] > 0 and seen[0]["train_loss"] > 0
     unmasked, _ = final_weights(tiny_config(corpus, tmp_path / "u", "training.specaugment.start=-1"))
     assert any(not torch.equal(straight[k], unmasked[k]) for k in straight)  # the masks did change epoch 2
-
-    real = training.shared_elapsed_minutes
-    calls = {"n": 0}
-
-    def interrupt_at_sixth_batch(run):  # called once at the start of every training batch
-        calls["n"] += 1
-        if calls["n"] == 6:  # epoch 2, batch 2 (4 batches per epoch)
-            raise KeyboardInterrupt
-        return real(run)
-
-    monkeypatch.setattr(training, "shared_elapsed_minutes", interrupt_at_sixth_batch)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(tiny_config(corpus, tmp_path / "b", *overfit))
-    monkeypatch.setattr(training, "shared_elapsed_minutes", real)
-    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
-    assert (ckpt["train_state"]["epoch"], ckpt["train_state"]["batch"]) == (1, 1)
-    resumed, _ = final_weights(tiny_config(corpus, tmp_path / "b", *overfit))
-    assert_same_weights(straight, resumed)
+    assert_ctrl_c_at_sixth_batch_then_resume_gives(straight, corpus, tmp_path / "b", monkeypatch, *overfit)
 
 
 def test_time_budget_stops_with_a_checkpoint(corpus, tmp_path):
