@@ -113,7 +113,7 @@ def test_resume_with_more_epochs_says_the_schedule_changes_and_finished_runs_say
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["train_state"]["finished"]
     final_weights(tiny_config(corpus, tmp_path / "r", "training.epochs=2"))
     log = (tmp_path / "r" / "train.log").read_text()
-    assert "training.epochs changed from 1 to 2" in log and "cosine schedule" in log
+    assert "training.epochs changed from 1 to 2" in log and "wsd schedule" in log  # the default schedule
 
 
 def test_config_yaml_is_written_only_once_the_run_is_accepted(tmp_path):

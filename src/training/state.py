@@ -246,8 +246,8 @@ def check_resumable(ckpt: dict, cfg: Config, path: Path) -> str | None:
     if ckpt.get("n_mels") != cfg.data.n_mels:
         raise UserError(f"{path}: was trained with data.n_mels={ckpt.get('n_mels')}; the config says {cfg.data.n_mels}")
     saved_epochs = (ckpt.get("config") or {}).get("training", {}).get("epochs")
-    if cfg.training.scheduler == "cosine" and saved_epochs is not None and saved_epochs != cfg.training.epochs:
+    if cfg.training.scheduler in ("cosine", "wsd") and saved_epochs is not None and saved_epochs != cfg.training.epochs:
         return (f"note: training.epochs changed from {saved_epochs} to {cfg.training.epochs} since {path.name}: "
-                "the cosine schedule now anneals over the new total from here on, so the weights will not equal "
-                f"a straight {cfg.training.epochs}-epoch run")
+                f"the {cfg.training.scheduler} schedule now runs over the new total from here on (its lr follows "
+                f"the new progress), so the weights will not equal a straight {cfg.training.epochs}-epoch run")
     return None
