@@ -22,6 +22,12 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps)
 
 
+def progress_after_warmup(step: int, warmup_steps: int, total_steps: int, time_fraction: float = 0.0) -> float:
+    """0-1 over the steps after warmup, or the share of a time budget used when that runs ahead."""
+    span = max(1, total_steps - warmup_steps)
+    return min(1.0, max((step - warmup_steps) / span, time_fraction))
+
+
 def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
               time_fraction: float = 0.0) -> float:
     """Warmup, then cosine from ``base_lr`` to ``min_lr``.
@@ -32,8 +38,7 @@ def cosine_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, to
     """
     if step < warmup_steps:
         return base_lr * warmup_factor(step, warmup_steps)
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max((step - warmup_steps) / span, time_fraction))
+    progress = progress_after_warmup(step, warmup_steps, total_steps, time_fraction)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -49,8 +54,7 @@ def wsd_lr(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total
     """
     if step < warmup_steps:
         return base_lr * warmup_factor(step, warmup_steps)
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max((step - warmup_steps) / span, time_fraction))
+    progress = progress_after_warmup(step, warmup_steps, total_steps, time_fraction)
     decay_start = 1.0 - decay_fraction
     if progress <= decay_start:
         return base_lr
