@@ -62,6 +62,10 @@ def test_specaugment_begins_by_progress_or_when_training_loss_is_below_dev_loss(
     assert not specaugment_begins("overfit", progress=0.1, start=0.2, train_loss=0.9, dev_loss=1.0)  # too early
     assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=nan, dev_loss=1.0)
     assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=0.5, dev_loss=nan)
+    # not once the cool-down has begun (until), however clearly it overfits
+    assert specaugment_begins("overfit", progress=0.79, start=0.0, train_loss=0.5, dev_loss=1.0, until=0.8)
+    assert not specaugment_begins("overfit", progress=0.8, start=0.0, train_loss=0.5, dev_loss=1.0, until=0.8)
+    assert specaugment_begins("progress", progress=0.9, start=0.5, train_loss=9.0, dev_loss=1.0, until=0.8)
     assert not specaugment_begins("overfit", progress=0.9, start=-1, train_loss=0.5, dev_loss=1.0)  # disabled
 
 

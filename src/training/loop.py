@@ -347,7 +347,7 @@ def update_specaugment(run: Run, train_loss: float, dev_loss: float) -> str:
     progress = progress_of(run, state.global_step, run.elapsed_minutes())
     if sa.trigger == "overfit" and state.specaugment_from < 0:
         begins = specaugment_begins(sa.trigger, progress=progress, start=sa.start, train_loss=train_loss,
-                                    dev_loss=dev_loss)
+                                    dev_loss=dev_loss, until=sa.until)
         begins, progress = dist_utils.broadcast_object((begins, progress), run.info)  # rank 0's decision
         if begins:
             state.specaugment_from = progress
