@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli_args import count, positive  # bench/, this script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -87,11 +89,11 @@ def main() -> int:
     from src.config import DecodingConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
-    parser.add_argument("--train", type=int, default=4000, help="training utterances to synthesise")
-    parser.add_argument("--eval", type=int, default=200, help="dev and test utterances each")
+    parser.add_argument("--minutes", type=positive, default=20.0, help="training wall-clock budget")
+    parser.add_argument("--train", type=count, default=4000, help="training utterances to synthesise")
+    parser.add_argument("--eval", type=count, default=200, help="dev and test utterances each")
     parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
-    parser.add_argument("--beam", type=int, default=10, help="beam size for the beam rows")
+    parser.add_argument("--beam", type=count, default=10, help="beam size for the beam rows")
     parser.add_argument("--ctc-weights", default=f"0,{DecodingConfig().ctc_weight:g}",
                         help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention; "
                              "default: 0 and the committed decoding.ctc_weight)")

@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli_args import count, natural  # bench/, this script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,9 +66,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="bench/out/corpus", help="data root in the competition layout")
     parser.add_argument("--partition", default="train-clean-100")
-    parser.add_argument("--utterances", type=int, default=1000,
+    parser.add_argument("--utterances", type=natural, default=1000,
                         help="train on the first N utterances of the partition (0 = all)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of every row (median and range shown)")
+    parser.add_argument("--repeat", type=count, default=1, help="runs of every row (median and range shown)")
     parser.add_argument("--match", action="append", default=[],
                         help="keep only the rows whose name contains this text (repeatable; the 1-core row is kept)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
@@ -79,8 +81,6 @@ def main() -> int:
     if not (Path(args.root) / args.partition).is_dir():
         raise UserError(f"bench_cores: no {args.partition} under {args.root}; make the corpus with "
                         "python bench/bench_accuracy.py, or pass --root and --partition")
-    if args.repeat < 1:
-        raise UserError(f"bench_cores: --repeat must be at least 1; got {args.repeat}")
 
     print(describe(host_load()), flush=True)
     from src.config import DataConfig

@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from cli_args import count  # noqa: E402  (bench/, this script's folder, is on sys.path)
+
 DEFAULT_CKPT = ROOT / "bench/out/run-20min-ds2/best.pt"
 DEFAULT_ROOT = ROOT / "bench/out/corpus"
 
@@ -156,7 +158,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CKPT), help="a CTC model's checkpoint (default: %(default)s)")
     parser.add_argument("--root", default=str(DEFAULT_ROOT), help="data root with the splits (default: %(default)s)")
     parser.add_argument("--splits", default="dev-clean,test-clean")
-    parser.add_argument("--beam", type=int, default=10)
+    parser.add_argument("--beam", type=count, default=10)
     args = parser.parse_args()
     from host import describe, host_load
 

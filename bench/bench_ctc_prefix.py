@@ -28,6 +28,8 @@ from numba import njit, prange  # noqa: E402
 from src.decoding.ctc_prefix import BLANK, CTCPrefixScorer  # noqa: E402
 from src.vocab import EOS  # noqa: E402
 
+from cli_args import count  # noqa: E402  (bench/, this script's folder, is on sys.path)
+
 
 # --------------------------------------------------------------------------
 # The candidate: the same recursion in numba, one (row, token) pair per inner loop, rows in parallel.
@@ -128,11 +130,11 @@ def search(cls, log_probs, lens, steps, tokens):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--utterances", type=int, default=32)
-    parser.add_argument("--beam", type=int, default=10)
-    parser.add_argument("--frames", type=int, default=180, help="CTC frames per utterance")
-    parser.add_argument("--steps", type=int, default=110, help="output characters")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--utterances", type=count, default=32)
+    parser.add_argument("--beam", type=count, default=10)
+    parser.add_argument("--frames", type=count, default=180, help="CTC frames per utterance")
+    parser.add_argument("--steps", type=count, default=110, help="output characters")
+    parser.add_argument("--repeats", type=count, default=2)
     args = parser.parse_args()
     from host import describe, host_load
 

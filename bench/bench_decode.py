@@ -31,6 +31,8 @@ from src.decoding import beam_search, greedy_decode, max_output_lengths  # noqa:
 from src.models import build_model  # noqa: E402
 from src.vocab import EOS, VOCAB_SIZE  # noqa: E402
 
+from cli_args import count, positive  # noqa: E402  (bench/, this script's folder, is on sys.path)
+
 
 class NoEarlyEos(torch.nn.Module):
     """Wraps a model: <eos> impossible (the length limit ends every hypothesis); times model.step."""
@@ -67,13 +69,13 @@ def sync(device: torch.device) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--utterances", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32, help="utterances per batch (decoding.batch_size)")
+    parser.add_argument("--utterances", type=count, default=64)
+    parser.add_argument("--batch-size", type=count, default=32, help="utterances per batch (decoding.batch_size)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--chars-per-frame", type=float, default=1.25, help="output characters per listener frame")
-    parser.add_argument("--beams", type=int, nargs="+", default=[5, 10])
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time counts")
+    parser.add_argument("--threads", type=count, default=2, help="torch CPU threads")
+    parser.add_argument("--chars-per-frame", type=positive, default=1.25, help="output characters per listener frame")
+    parser.add_argument("--beams", type=count, nargs="+", default=[5, 10])
+    parser.add_argument("--repeats", type=count, default=2, help="interleaved repeats; the best time counts")
     parser.add_argument("--quick", action="store_true", help="16 utterances, 2 repeats")
     parser.add_argument("--family", default="las", help="model.family with its committed defaults (las, transformer)")
     args = parser.parse_args()

@@ -24,6 +24,8 @@ import numpy as np  # noqa: E402
 
 from src import metrics  # noqa: E402
 
+from cli_args import count  # noqa: E402  (bench/, this script's folder, is on sys.path)
+
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ' "
 
 
@@ -62,8 +64,8 @@ def best_of(fn, repeats: int) -> tuple[float, np.ndarray]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pairs", type=count, default=10_000)
+    parser.add_argument("--repeats", type=count, default=5)
     parser.add_argument("--quick", action="store_true", help="2,000 pairs, 3 repeats")
     parser.add_argument("--with-dp", action="store_true", help="also time the two-row DP kernel (slow)")
     args = parser.parse_args()

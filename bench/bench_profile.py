@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli_args import count, natural  # bench/, this script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
@@ -54,8 +56,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="bench/out/corpus", help="data root in the competition layout")
     parser.add_argument("--partition", default="train-clean-100")
-    parser.add_argument("--steps", type=int, default=20, help="profiled optimizer steps")
-    parser.add_argument("--warmup", type=int, default=5, help="unprofiled steps first")
+    parser.add_argument("--steps", type=count, default=20, help="profiled optimizer steps")
+    parser.add_argument("--warmup", type=natural, default=5, help="unprofiled steps first")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))

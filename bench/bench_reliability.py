@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cli_args import natural  # bench/, this script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).parent), str(ROOT)]
 
@@ -343,7 +345,7 @@ def kills(n: int, seed: int) -> tuple[int, int, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=10, help="kill trials (kill -9 and SIGTERM in turn)")
+    parser.add_argument("--kills", type=natural, default=10, help="kill trials (kill -9 and SIGTERM in turn)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from host import describe, host_load

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli_args import count, natural  # bench/, this script's folder, is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
@@ -55,8 +57,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/sample", help="data root in the competition layout")
     parser.add_argument("--partition", default="train-clean-100")
-    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    parser.add_argument("--steps", type=count, default=40, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=natural, default=5, help="untimed steps first")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     from host import describe, host_load

@@ -1,0 +1,30 @@
+"""Argument types shared by the bench scripts: a bad number ends in argparse's one-line
+``error: argument --beam: ...`` and exit status 2, never a traceback half way through a run."""
+from __future__ import annotations
+
+import argparse
+
+
+def _number(text: str, kind: type, low: float, strict: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if value < low or (strict and value == low) or value != value:  # value != value: NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def count(text: str) -> int:
+    """An integer of at least 1 (utterances, repeats, beam sizes, steps)."""
+    return _number(text, int, 1, False, "a whole number of at least 1")
+
+
+def natural(text: str) -> int:
+    """An integer of at least 0 (warmup steps, "0 = all")."""
+    return _number(text, int, 0, False, "a whole number of at least 0")
+
+
+def positive(text: str) -> float:
+    """A number above 0 (minutes, rates)."""
+    return _number(text, float, 0.0, True, "a number above 0")
