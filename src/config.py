@@ -46,7 +46,7 @@ class TeacherForcingConfig:
     """Teacher forcing rate: constant, then decays in stages once triggered (checked after each epoch)."""
 
     start: float = 1.0  # rate before the decay is triggered
-    trigger: str = "aligned"  # epoch | aligned | dev_error: what starts the decay (latched once met)
+    trigger: str = "dev_error"  # epoch | aligned | dev_error: what starts the decay (latched once met)
     trigger_epoch: int = 0  # trigger=epoch: decay after every epoch from this one (0-based)
     trigger_alignment: float = 0.9  # trigger=aligned: decay once dev attention diagonality reaches this (src/training/hooks.py)
     trigger_dev_cer: float = 0.5  # trigger=dev_error: decay once greedy dev CER is below
@@ -184,7 +184,7 @@ class TrainingConfig:
     plateau_patience: int = 2  # plateau: epochs without improvement before a cut
     grad_clip: float = 5.0  # max global gradient norm; 0 = no clipping
     label_smoothing: float = 0.1  # on the attention cross-entropy (PAD ignored)
-    ctc_weight: float = 0.3  # loss = (1 - w) * attention + w * CTC (families with a CTC head)
+    ctc_weight: float = 0.5  # loss = (1 - w) * attention + w * CTC (families with a CTC head)
     guided_attention: float = 0.5  # weight of the guided-attention loss (attention mass off the diagonal); 0 = off
     guided_attention_sigma: float = 0.3  # width of the diagonal band, as a fraction of the utterance
     guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment reaches trigger_alignment
