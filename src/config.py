@@ -49,7 +49,7 @@ class TeacherForcingConfig:
     trigger: str = "dev_error"  # epoch | aligned | dev_error: what starts the decay (latched once met)
     trigger_epoch: int = 0  # trigger=epoch: decay after every epoch from this one (0-based)
     trigger_alignment: float = 0.9  # trigger=aligned: decay once dev attention diagonality reaches this (src/training/hooks.py)
-    trigger_dev_cer: float = 0.5  # trigger=dev_error: decay once greedy dev CER is below
+    trigger_dev_cer: float = 0.5  # trigger=dev_error: decay once dev CER (the epoch line's cer: greedy unless dev_decoder=test) is below
     stages: list = field(default_factory=lambda: [[0.99, 0.7], [0.98, 0.5]])
     # stages: [factor per epoch, floor] applied in order: x0.99 down to 0.7, then x0.98 down to 0.5
 

@@ -1,11 +1,11 @@
 """Training features that only families with attention use (``model.has_attention``).
 
     teacher forcing    the rate fed to the objective; decays in stages once its
-                       trigger (epoch, dev alignment, dev CER) has fired
+                       trigger (dev CER by default; or epoch, dev alignment) has fired
     guided attention   the weight of the guided-attention loss, dropped once the
                        dev attention has aligned (training.guided_attention_until_aligned)
     alignment          how diagonal the dev attention is (src/schedules.py), which
-                       triggers both of the above
+                       drops the guided loss (and starts the decay with trigger aligned)
 
 The loop knows hooks only through this small protocol, so a CTC family runs
 through the same loop with none of them:
