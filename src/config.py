@@ -36,7 +36,7 @@ class DataConfig:
     normalize: str = "utterance"  # none | utterance (zero mean, unit variance per bin)
     max_frames_per_batch: int = 60000  # cap on B * T (padded) per batch
     max_utterances_per_batch: int = 24  # cap on B (small batches: more updates on CPU; GPU: 64-128)
-    num_workers: int = 2  # DataLoader workers; 0 loads in the main process
+    num_workers: str = "auto"  # DataLoader workers, or auto: 0 (load in the main process) on CPU-only machines, where workers take cycles from the 2 compute threads (bench/bench_cores.py), 2 with CUDA
     in_memory: bool = False  # load every feature file into RAM at start
     check: bool = True  # validate the splits before training and testing
 
@@ -393,6 +393,8 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     _choice(cfg.data.normalize, ("none", "utterance"), "data.normalize")
+    if not (cfg.data.num_workers == "auto" or str(cfg.data.num_workers).isdigit()):
+        raise UserError(f"config: 'data.num_workers' must be auto or a whole number >= 0; got '{cfg.data.num_workers}'")
     from src.models.registry import family_names
 
     _choice(cfg.model.family, tuple(family_names()), "model.family")

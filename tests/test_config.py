@@ -162,6 +162,9 @@ def test_value_checks():
         load_config(None, ["training.scheduler=wsd", "training.decay_fraction=0"])
     with pytest.raises(UserError, match="not key=value"):
         load_config(None, ["training.lr"])
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(UserError, match="'data.num_workers' must be auto or a whole number"):
+            load_config(None, [f"data.num_workers={bad}"])
 
 
 def test_config_file_swap_with_argparse(tmp_path):

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import SAMPLE_DATA_ROOT, DataConfig
+from src.config import SAMPLE_DATA_ROOT, DataConfig, load_config
 from src.data import layout
 from src.data.check import check_data
-from src.data.dataset import Batch, LengthBucketSampler, SpeechDataset, collate, make_loader, normalize_utterance
+from src.data.dataset import (Batch, LengthBucketSampler, SpeechDataset, collate, loader_workers, make_loader,
+                              normalize_utterance)
 from src.data.layout import PARTITIONS, list_utterances, resolve_data_root
 from src.errors import UserError
 from src.vocab import CHARACTERS, EOS, PAD, SOS, decode, encode
@@ -354,6 +355,18 @@ def test_make_loader_with_worker_and_skip(tree):
     cfg0 = DataConfig(max_frames_per_batch=300, max_utterances_per_batch=4, num_workers=0)
     resumed = list(make_loader(ds, cfg0, shuffle=True, seed=11, epoch=1, skip_batches=2))
     assert [b.indices.tolist() for b in resumed] == [b.indices.tolist() for b in batches[2:]]
+
+
+def test_loader_workers_auto_follows_cuda(monkeypatch, tree):
+    root, _ = tree
+    ds = SpeechDataset(root, "train-clean-460")
+    assert load_config(None, ["data.num_workers=3"]).data.num_workers == "3"  # YAML and the command line
+    assert loader_workers(load_config(None, ["data.num_workers=3"]).data.num_workers) == 3
+    assert loader_workers(0) == 0  # DataConfig(num_workers=0) in code
+    for cuda, expected in ((False, 0), (True, 2)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        assert loader_workers("auto") == expected
+        assert make_loader(ds, DataConfig(), shuffle=False, seed=0).num_workers == expected
 
 
 # --------------------------------------------------------------------------

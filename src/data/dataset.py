@@ -372,6 +372,16 @@ class LengthBucketSampler(Sampler[list[int]]):
         return len(self._mine())
 
 
+def loader_workers(setting: str | int) -> int:
+    """DataLoader worker processes for ``data.num_workers``: a number as given, or ``auto``: none on
+    a CPU-only machine, where a worker process takes cycles from the two compute threads (one epoch,
+    1,000 utterances, 2 cores, median of 3: 38.8 utt/s with 0 workers, 34.4 with 2; bench_cores.py),
+    and 2 when CUDA is available, where the CPU only feeds the GPU."""
+    if setting == "auto":
+        return 2 if torch.cuda.is_available() else 0
+    return int(setting)
+
+
 def make_loader(
     dataset: SpeechDataset,
     data_cfg: Any,
@@ -400,7 +410,7 @@ def make_loader(
     )
     sampler.set_epoch(epoch)
     sampler.skip_batches(skip_batches)
-    workers = int(data_cfg.num_workers)
+    workers = loader_workers(data_cfg.num_workers)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -491,13 +491,13 @@ def dev_decoding(cfg: Config):
 
 def evaluate_dev(run: Run) -> tuple[DevResult, dict[str, float]]:
     """Score the dev set on rank 0; every rank gets the metrics."""
-    from src.data.dataset import make_loader
+    from src.data.dataset import loader_workers, make_loader
 
     cfg = run.cfg
     dev = DevResult()
     if run.info.is_main:
-        loader = make_loader(run.dev_set, dataclasses.replace(cfg.data, num_workers=min(cfg.data.num_workers, 1)),
-                             shuffle=False, seed=0)
+        workers = min(loader_workers(cfg.data.num_workers), 1)
+        loader = make_loader(run.dev_set, dataclasses.replace(cfg.data, num_workers=workers), shuffle=False, seed=0)
         dev = evaluate(run.core, loader, run.device, options=run.dev_options(), hooks=run.hooks,
                        decoding=dev_decoding(cfg), amp_dtype=run.amp_dtype)
     return dev, dist_utils.broadcast_object(dev.metrics(), run.info)
