@@ -62,7 +62,7 @@ class SpecAugmentConfig:
 
     trigger: str = "overfit"  # overfit: from the first epoch whose training loss is below the dev loss | progress: from start
     start: float = 0.0  # training progress (0-1) before which there are no masks, whatever the trigger; -1 disables
-    until: float = 0.8  # overfit: the trigger may fire only before this progress (masks arriving in wsd's cool-down cost more than they give); 1 = any time
+    until: float = 1.0  # overfit: the trigger fires only if the masks reach full width (its progress + ramp) by this progress, and never later than wsd's cool-down (1 - decay_fraction): masks ramping in while the lr anneals cost more than they give
     ramp: float = 0.25  # progress over which the mask widths grow from 0 to full (0 = at once)
     freq_mask: int = 4  # max width of each frequency mask (bins)
     n_freq_masks: int = 2  # frequency masks per utterance
@@ -438,7 +438,7 @@ def validate(cfg: Config) -> None:
         raise UserError("config: 'training.specaugment.start' must be in [0, 1] (or -1 to disable) and "
                         f"'training.specaugment.ramp' at least 0; got {sa.start} and {sa.ramp}")
     if not 0.0 <= sa.until <= 1.0:
-        raise UserError(f"config: 'training.specaugment.until' must be in [0, 1] (1 = no limit); got {sa.until}")
+        raise UserError(f"config: 'training.specaugment.until' must be in [0, 1] (1 = the end of training); got {sa.until}")
     for stage in cfg.training.teacher_forcing.stages:
         if not (isinstance(stage, list) and len(stage) == 2):
             raise UserError(

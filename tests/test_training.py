@@ -17,6 +17,7 @@ from src.schedules import (
     next_teacher_forcing,
     plateau_update,
     specaugment_begins,
+    specaugment_deadline,
     specaugment_strength,
     training_progress,
     wsd_lr,
@@ -62,11 +63,23 @@ def test_specaugment_begins_by_progress_or_when_training_loss_is_below_dev_loss(
     assert not specaugment_begins("overfit", progress=0.1, start=0.2, train_loss=0.9, dev_loss=1.0)  # too early
     assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=nan, dev_loss=1.0)
     assert not specaugment_begins("overfit", progress=0.9, start=0.0, train_loss=0.5, dev_loss=nan)
-    # not once the cool-down has begun (until), however clearly it overfits
-    assert specaugment_begins("overfit", progress=0.79, start=0.0, train_loss=0.5, dev_loss=1.0, until=0.8)
-    assert not specaugment_begins("overfit", progress=0.8, start=0.0, train_loss=0.5, dev_loss=1.0, until=0.8)
-    assert specaugment_begins("progress", progress=0.9, start=0.5, train_loss=9.0, dev_loss=1.0, until=0.8)
+    # only if the masks, ramped in over 0.25 of training, are at full width by the deadline (0.8),
+    # however clearly it overfits; the progress trigger ignores the deadline
+    kw = dict(start=0.0, train_loss=0.5, dev_loss=1.0, deadline=0.8, ramp=0.25)
+    assert specaugment_begins("overfit", progress=0.55, **kw)
+    assert not specaugment_begins("overfit", progress=0.56, **kw)
+    assert not specaugment_begins("overfit", progress=0.795, **kw)  # run-20min-auto-workers fired here
+    assert specaugment_begins("overfit", progress=0.79, **{**kw, "ramp": 0.0})
+    assert specaugment_begins("progress", progress=0.9, start=0.5, train_loss=9.0, dev_loss=1.0, deadline=0.8)
     assert not specaugment_begins("overfit", progress=0.9, start=-1, train_loss=0.5, dev_loss=1.0)  # disabled
+
+
+def test_specaugment_deadline_is_until_or_the_start_of_the_cool_down():
+    assert specaugment_deadline(1.0, "wsd", 0.2) == pytest.approx(0.8)
+    assert specaugment_deadline(1.0, "wsd", 0.5) == pytest.approx(0.5)
+    assert specaugment_deadline(0.6, "wsd", 0.2) == pytest.approx(0.6)
+    assert specaugment_deadline(1.0, "cosine", 0.2) == 1.0  # no cool-down: the end of training
+    assert specaugment_deadline(0.7, "plateau", 0.2) == 0.7
 
 
 def test_specaugment_strength_ramps_in_by_progress():

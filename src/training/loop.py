@@ -38,7 +38,8 @@ from src.checkpoint import load_checkpoint
 from src.config import Config, dump_yaml
 from src.errors import Terminated, UserError
 from src.models import build_model, count_parameters
-from src.schedules import PlateauState, plateau_update, specaugment_begins, specaugment_strength, training_progress
+from src.schedules import (PlateauState, plateau_update, specaugment_begins, specaugment_deadline, specaugment_strength,
+                           training_progress)
 from src.training.evaluation import DevResult, compute_loss, evaluate, save_attention_png
 from src.training.hooks import hooks_for
 from src.training.runlog import RunLog, WarnOnce
@@ -346,8 +347,10 @@ def update_specaugment(run: Run, train_loss: float, dev_loss: float) -> str:
     sa, state = run.cfg.training.specaugment, run.state
     progress = progress_of(run, state.global_step, run.elapsed_minutes())
     if sa.trigger == "overfit" and state.specaugment_from < 0:
+        t = run.cfg.training
+        deadline = specaugment_deadline(sa.until, t.scheduler, t.decay_fraction)
         begins = specaugment_begins(sa.trigger, progress=progress, start=sa.start, train_loss=train_loss,
-                                    dev_loss=dev_loss, until=sa.until)
+                                    dev_loss=dev_loss, deadline=deadline, ramp=sa.ramp)
         begins, progress = dist_utils.broadcast_object((begins, progress), run.info)  # rank 0's decision
         if begins:
             state.specaugment_from = progress
