@@ -85,7 +85,7 @@ def specaugment_begins(trigger: str, *, progress: float, start: float, train_los
               (an underfit 20-minute run lost 3 points of dev CER to them); after it, they are the
               cure. NaN losses never trigger, and neither does an epoch after which the masks could
               not reach full width (``progress + ramp``) by ``deadline`` (specaugment_deadline):
-              masks that ramp in while the learning rate anneals cost 20-minute runs 0.8 and 0.3
+              masks that ramp in while the learning rate anneals cost 20-minute runs 0.8 and 1.3
               points of dev CER, against the same runs without them.
     A negative ``start`` disables SpecAugment.
     """
