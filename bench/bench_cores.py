@@ -91,8 +91,9 @@ def main() -> int:
     common = [f"data.root={root}", f"data.train_partition={args.partition}", "training.epochs=1",
               "training.sortagrad_epochs=0", "training.dev_max_utterances=20", "logging.wandb=disabled",
               "training.resume=false", "training.device=cpu", *args.overrides]
-    rows = [("1 core (taskset -c 0), 1 thread, 2 workers", ["taskset", "-c", "0", sys.executable, "train.py"],
-             {"OMP_NUM_THREADS": "1"}, [])]
+    # The baseline is issue #11's one-core command: 1 thread, no loader workers, pinned to core 0.
+    rows = [("1 core (taskset -c 0), 1 thread, 0 workers", ["taskset", "-c", "0", sys.executable, "train.py"],
+             {"OMP_NUM_THREADS": "1"}, ["data.num_workers=0"])]
     for threads in (1, 2):
         for in_memory in (False, True):
             for workers in (0, 1, 2):
