@@ -167,6 +167,11 @@ def test_dataset_items_match_files(tree):
         assert tokens[0] == SOS and tokens[-1] == EOS
         assert tokens[1:-1].tolist() == encode(text)
         assert decode(tokens.tolist()) == text
+        tokens.zero_()  # the caller's copy: the next read must not see this
+    for i, name in enumerate(ds.names):  # a second pass, from the token ids kept by the first
+        tokens = ds[i]["tokens"]
+        assert tokens.dtype == torch.long
+        assert tokens.tolist() == [SOS, *encode(truth["train-clean-100"][name][1]), EOS]
     assert ds.frame_lengths.dtype == np.int64
     assert ds.frame_lengths.tolist() == [len(truth["train-clean-100"][n][0]) for n in ds.names]
     assert ds.token_lengths.tolist() == [len(truth["train-clean-100"][n][1]) + 2 for n in ds.names]

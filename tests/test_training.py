@@ -127,6 +127,34 @@ def test_specaugment_masks_are_bands_within_real_frames():
     assert len(widths["time"]) > 3 and len(widths["freq"]) > 2  # widths are drawn, not fixed
 
 
+def test_optimizer_is_adamw_with_no_decay_on_vectors():
+    """make_optimizer against AdamW written out in float64 (Adam's moments and bias correction,
+    decoupled weight decay on matrices only), over steps of random gradients."""
+    from src.config import TrainingConfig
+    from src.training.loop import make_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
+    lr, wd, (b1, b2), eps = 1e-2, 0.1, (0.9, 0.98), 1e-8
+    opt = make_optimizer(model, TrainingConfig(lr=lr, weight_decay=wd))
+    assert opt.defaults["fused"]  # the one-kernel update, on CPU as on CUDA
+    params = dict(model.named_parameters())
+    ref = {n: p.detach().double().clone() for n, p in params.items()}
+    m = {n: torch.zeros_like(r) for n, r in ref.items()}
+    v = {n: torch.zeros_like(r) for n, r in ref.items()}
+    for t in range(1, 8):
+        for n, p in params.items():
+            p.grad = torch.randn_like(p)
+            g = p.grad.double()
+            ref[n] *= 1 - lr * (wd if p.dim() >= 2 else 0.0)
+            m[n] = b1 * m[n] + (1 - b1) * g
+            v[n] = b2 * v[n] + (1 - b2) * g * g
+            ref[n] -= lr * (m[n] / (1 - b1 ** t)) / ((v[n] / (1 - b2 ** t)).sqrt() + eps)
+        opt.step()
+    for n, p in params.items():
+        assert torch.allclose(p.detach().double(), ref[n], atol=1e-6), n
+
+
 def test_plateau_cuts_after_patience():
     s = PlateauState()
     metrics = [10, 9, 9.5, 9.2, 9.1, 8.0, 8.5]
