@@ -120,11 +120,10 @@ def check_checkpoint_fits(ckpt: dict[str, Any], ckpt_path: Path, root: Path, par
 def decode_dataset(model, dataset, data_cfg, decoding_cfg, desc: str = "decode"
                    ) -> tuple[list[str], list[str] | None]:
     """Hypotheses (and references when the dataset has transcripts) in dataset order."""
-    from src.data import make_loader
+    from src.data import make_decoding_loader
     from src.decoding import decode_batch
 
-    loader_cfg = dataclasses.replace(data_cfg, max_utterances_per_batch=decoding_cfg.batch_size)
-    loader = make_loader(dataset, loader_cfg, shuffle=False, seed=0)
+    loader = make_decoding_loader(dataset, data_cfg, decoding_cfg.batch_size)
     hyps: list[str | None] = [None] * len(dataset)
     refs: list[str | None] | None = [None] * len(dataset) if dataset.has_transcripts else None
     with tqdm(total=len(dataset), desc=desc, unit="utt", dynamic_ncols=True) as bar:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "collate": "dataset",
     "LengthBucketSampler": "dataset",
     "make_loader": "dataset",
+    "make_decoding_loader": "dataset",
     "check_data": "check",
 }
 

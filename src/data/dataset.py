@@ -10,6 +10,8 @@ data) and loads one file per item, so 132k utterances cost a few MB of RAM.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -116,8 +118,8 @@ class SpeechDataset(Dataset):
         self._feat_offsets: np.ndarray | None = None
         self._tok_flat: np.ndarray | None = None
         self._tok_offsets: np.ndarray | None = None
-        # without in_memory, token ids are kept once read: a transcript is a few hundred bytes, and reading
-        # the 12 files of a batch again every epoch took 7 ms of a 300 ms step on 2 CPU cores (one-off timing)
+        # without in_memory, token ids are kept once read: a transcript is a few hundred bytes, not worth
+        # a file read per utterance every epoch
         self._tok_cache: list[np.ndarray | None] = [None] * len(self.names) if self.has_transcripts else []
         if in_memory:
             self._load_all(headers)
@@ -157,14 +159,11 @@ class SpeechDataset(Dataset):
         return transcript_ids(load_npy(path), path)
 
     def _cached_tokens(self, i: int) -> np.ndarray | None:
-        if not self._tok_cache:
-            return self._read_tokens(i)
+        if not self.has_transcripts:
+            return None
         if self._tok_cache[i] is None:
-            tok = self._read_tokens(i)
-            if tok is None:
-                return None
-            self._tok_cache[i] = tok.astype(np.int8)  # (U,)
-        return self._tok_cache[i].astype(np.int64)
+            self._tok_cache[i] = self._read_tokens(i).astype(np.int8)  # (U,)
+        return self._tok_cache[i].astype(np.int64)  # a copy: callers may change theirs
 
     def _load_all(self, headers: list[NpyHeader]) -> None:
         dtype = np.float16 if all(h.dtype == np.float16 for h in headers) else np.float32
@@ -393,6 +392,17 @@ def loader_workers(setting: str | int) -> int:
     if setting == "auto":
         return 2 if torch.cuda.is_available() else 0
     return int(setting)
+
+
+def make_decoding_loader(dataset: SpeechDataset, data_cfg: Any, batch_size: int,
+                         num_workers: int | str | None = None) -> DataLoader:
+    """Unshuffled DataLoader for decoding (test.py, transcribe.py, dev scoring): batches of at most
+    ``batch_size`` utterances (decoding.batch_size) under the training frame cap; ``num_workers``
+    replaces data.num_workers when given."""
+    changes = {"max_utterances_per_batch": batch_size}
+    if num_workers is not None:
+        changes["num_workers"] = num_workers
+    return make_loader(dataset, dataclasses.replace(data_cfg, **changes), shuffle=False, seed=0)
 
 
 def make_loader(

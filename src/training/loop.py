@@ -500,18 +500,14 @@ def dev_decoding(cfg: Config):
 
 def evaluate_dev(run: Run) -> tuple[DevResult, dict[str, float]]:
     """Score the dev set on rank 0; every rank gets the metrics."""
-    from src.data.dataset import loader_workers, make_loader
+    from src.data.dataset import loader_workers, make_decoding_loader
 
     cfg = run.cfg
     dev = DevResult()
     if run.info.is_main:
-        # batched as test.py batches (decoding.batch_size, under the training frame cap): fewer, wider
-        # steps of the decoder loop; the default LAS scored the benchmark's 200 dev utterances in 3.8 s
-        # instead of 6.0 in batches of 12 (2 CPU cores, one-off timing)
+        # batched as test.py batches: fewer, wider steps of the decoder loop than the training batches
         workers = min(loader_workers(cfg.data.num_workers), 1)
-        loader_cfg = dataclasses.replace(cfg.data, num_workers=workers,
-                                         max_utterances_per_batch=cfg.decoding.batch_size)
-        loader = make_loader(run.dev_set, loader_cfg, shuffle=False, seed=0)
+        loader = make_decoding_loader(run.dev_set, cfg.data, cfg.decoding.batch_size, num_workers=workers)
         dev = evaluate(run.core, loader, run.device, options=run.dev_options(), hooks=run.hooks,
                        decoding=dev_decoding(cfg), amp_dtype=run.amp_dtype)
     return dev, dist_utils.broadcast_object(dev.metrics(), run.info)
