@@ -68,6 +68,7 @@ class SpecAugmentConfig:
     n_freq_masks: int = 2  # frequency masks per utterance
     time_mask: int = 40  # max width of each time mask (frames)
     n_time_masks: int = 2  # time masks per utterance
+    freq_warp: float = 0.0  # VTLP: stretch each utterance's frequency axis by 1 +- up to this (e.g. 0.1); 0 = off
 
 
 @dataclass
@@ -190,7 +191,7 @@ class TrainingConfig:
     guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment reaches trigger_alignment
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-    amp: str = "auto"  # auto | bf16 | fp16 | none (CUDA only; CPU is always fp32); auto = bf16 if supported
+    amp: str = "auto"  # auto | bf16 | fp16 | none; auto: bf16 on a GPU that has it, else fp16; on the CPU auto is fp32 and bf16 must be asked for (not faster on 2 cores here: bench/bench_train.py)
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when available; torchrun uses cuda:LOCAL_RANK)
     seed: int = 11785  # seeds python, numpy and torch (rank r uses seed + r)
     keep_epochs: int = 5  # keep weights-only epoch_NNN.pt of the last N epochs (python -m src.average); 0 = none
@@ -437,6 +438,8 @@ def validate(cfg: Config) -> None:
     if not (sa.start == -1 or 0.0 <= sa.start <= 1.0) or sa.ramp < 0.0:
         raise UserError("config: 'training.specaugment.start' must be in [0, 1] (or -1 to disable) and "
                         f"'training.specaugment.ramp' at least 0; got {sa.start} and {sa.ramp}")
+    if not 0.0 <= sa.freq_warp <= 0.5:
+        raise UserError(f"config: 'training.specaugment.freq_warp' must be in [0, 0.5] (0.1: +-10%); got {sa.freq_warp}")
     if not 0.0 <= sa.until <= 1.0:
         raise UserError(f"config: 'training.specaugment.until' must be in [0, 1] (1 = the end of training); got {sa.until}")
     for stage in cfg.training.teacher_forcing.stages:

@@ -160,6 +160,8 @@ def test_value_checks():
         load_config(None, ["training.ctc_weight=1.5"])
     with pytest.raises(UserError, match="training.decay_fraction"):
         load_config(None, ["training.scheduler=wsd", "training.decay_fraction=0"])
+    with pytest.raises(UserError, match="training.specaugment.freq_warp"):
+        load_config(None, ["training.specaugment.freq_warp=0.6"])
     with pytest.raises(UserError, match="not key=value"):
         load_config(None, ["training.lr"])
     for bad in ("-1", "two", "1.5"):

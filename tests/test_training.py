@@ -127,6 +127,45 @@ def test_specaugment_masks_are_bands_within_real_frames():
     assert len(widths["time"]) > 3 and len(widths["freq"]) > 2  # widths are drawn, not fixed
 
 
+def _vtlp_reference(x, alpha, boundary=0.8):
+    """VTLP written forwards in numpy: the warp w(f) (alpha * f up to the knee, then a straight line
+    to w(top) = top), inverted by interpolating its table, then each frame resampled with np.interp."""
+    import numpy as np
+
+    dim = x.shape[1]
+    top = dim - 1.0
+    f = np.linspace(0.0, top, 20001)
+    knee = boundary * top / max(alpha, 1.0)
+    warped = np.where(f <= knee, alpha * f, alpha * knee + (f - knee) * (top - alpha * knee) / (top - knee))
+    source = np.interp(np.arange(dim), warped, f)  # w is increasing: its inverse at every output bin
+    return np.stack([np.interp(source, np.arange(dim), frame) for frame in x])
+
+
+def test_frequency_warp_matches_vtlp_written_forwards():
+    """SpecAugment.warp against _vtlp_reference for stretch and squeeze; alpha 1 leaves the
+    features as they are; the drawn factors stay within 1 +- strength * freq_warp."""
+    import numpy as np
+
+    from src.config import SpecAugmentConfig
+    from src.training.loop import SpecAugment
+
+    torch.manual_seed(1)
+    features = torch.randn(4, 9, 28)
+    alphas = torch.tensor([0.9, 1.0, 1.13, 0.8])
+    warped = SpecAugment.warp(features, alphas)
+    for b, alpha in enumerate(alphas.tolist()):
+        expected = _vtlp_reference(features[b].double().numpy(), alpha)
+        np.testing.assert_allclose(warped[b].numpy(), expected, atol=1e-4)
+    assert torch.equal(warped[1], features[1])
+
+    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=0, freq_warp=0.1))
+    ramp = torch.arange(28.0).expand(64, 1, 28)  # bin d holds d: the output is where each bin read
+    sources = augment(ramp, torch.ones(64, dtype=torch.long), 0.5)[:, 0, :]  # (64, 28)
+    low, high = (SpecAugment.warp_sources(torch.tensor([a]), 28)[0] for a in (1.05, 0.95))
+    assert bool((sources >= low - 1e-5).all() and (sources <= high + 1e-5).all())
+    assert len({round(float(s[5]), 4) for s in sources}) > 10  # a factor per utterance
+
+
 def test_optimizer_is_adamw_with_no_decay_on_vectors():
     """make_optimizer against AdamW written out in float64 (Adam's moments and bias correction,
     decoupled weight decay on matrices only), over steps of random gradients."""
@@ -268,6 +307,36 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
         run = training.train(_tiny_cfg(tmp_path))
     assert run.state.nan_skips == 1 and run.state.global_step == 4
     assert all(torch.isfinite(p).all() for p in run.core.parameters())
+
+
+def test_bf16_autocast_on_cpu_trains_in_fp32_weights_close_to_fp32(tmp_path):
+    """training.amp=bf16 runs on the CPU (how the GPU's autocast path is tested here): the loss is
+    bfloat16-close to the fp32 loss but not equal to it (the products did run in bf16), and the
+    gradients, weights and a trained run's checkpoint stay float32. fp16 asks for CUDA in one line."""
+    import src.training.loop as training
+    from src.training.evaluation import compute_loss
+
+    cpu = torch.device("cpu")
+    assert training.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert training.autocast_dtype("auto", cpu) is None and training.autocast_dtype("none", cpu) is None
+    with pytest.raises(UserError, match="training.amp=fp16 needs a CUDA GPU"):
+        training.autocast_dtype("fp16", cpu)
+
+    batch, model = _batch_and_model()
+    options = dict(teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25)
+    reference = compute_loss(model, batch, **options).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = compute_loss(model, batch, **options).loss
+    assert loss.dtype == torch.float32 and float(loss) != float(reference)
+    torch.testing.assert_close(loss, reference, rtol=0.03, atol=0.0)
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+
+    run = training.train(_tiny_cfg(tmp_path, "training.amp=bf16"))
+    assert run.amp_dtype is torch.bfloat16 and run.state.global_step > 0
+    saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
 
 
 def test_out_of_memory_becomes_advice(tmp_path, monkeypatch):

@@ -64,17 +64,25 @@ from src.vocab import VOCAB
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """None (fp32) on CPU or amp=none; bf16 when asked for or (auto) when the GPU has it, else fp16
-    with a GradScaler. Not measured on a GPU: none was available while this was written."""
-    if device.type != "cuda" or amp == "none":
+    """The autocast dtype of training and dev scoring, or None for fp32.
+
+    CUDA: bf16 when asked for or (auto) when the GPU has it, else fp16 with a GradScaler (not measured
+    here: no GPU was available). CPU: bf16 only when asked for (``training.amp=bf16``; the matrix
+    products and recurrent layers run in bfloat16, weights, optimizer state and losses stay fp32);
+    auto keeps fp32 there. Anything else (e.g. mps) runs fp32."""
+    if amp == "none":
         return None
-    if amp == "bf16":
-        if not torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        if amp == "bf16" and not torch.cuda.is_bf16_supported():
             raise UserError("config: training.amp=bf16 but this GPU has no bfloat16; use training.amp=fp16 or auto")
+        if amp == "bf16" or amp == "auto" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if device.type == "cpu" and amp == "fp16":
+        raise UserError("config: training.amp=fp16 needs a CUDA GPU; on the CPU use training.amp=bf16, auto or none")
+    if device.type == "cpu" and amp == "bf16":
         return torch.bfloat16
-    if amp == "auto" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    return None
 
 
 class SubsetDataset(torch.utils.data.Dataset):
@@ -104,12 +112,42 @@ class SpecAugment(nn.Module):
     the padding of a short utterance would be wasted). Masked values become 0, the
     utterance mean after per-utterance normalisation. ``strength`` (0-1) comes from
     schedules.specaugment_strength; 0 returns the features unchanged and draws nothing.
+
+    With ``freq_warp`` > 0, each utterance's frequency axis is first stretched by a factor
+    alpha drawn from 1 +- strength * freq_warp, as vocal tract length perturbation (VTLP;
+    Jaitly and Hinton, 2013) does: bin f reads the input at f / alpha up to a boundary, above
+    which a second straight line keeps the top bin in place (``warp_sources``).
     """
 
     def __init__(self, sa_cfg):
         super().__init__()
         self.freq_mask, self.n_freq_masks = sa_cfg.freq_mask, sa_cfg.n_freq_masks
         self.time_mask, self.n_time_masks = sa_cfg.time_mask, sa_cfg.n_time_masks
+        self.freq_warp = sa_cfg.freq_warp
+
+    @staticmethod
+    def warp_sources(alpha: torch.Tensor, dim: int, boundary: float = 0.8) -> torch.Tensor:
+        """Where each output bin reads the input, for warp factors alpha (B,): -> (B, D) float
+        positions in [0, D - 1]. The warp w(f) = alpha * f holds up to f0 = boundary * top /
+        max(alpha, 1) and then runs straight to w(top) = top; this is its inverse."""
+        top = float(dim - 1)
+        bins = torch.arange(dim, device=alpha.device, dtype=torch.float32)[None, :]  # (1, D)
+        alpha = alpha[:, None]  # (B, 1)
+        f0 = boundary * top / alpha.clamp(min=1.0)  # (B, 1): the knee, in input bins
+        upper = f0 + (bins - alpha * f0) * (top - f0) / (top - alpha * f0)  # (B, D)
+        return torch.where(bins <= alpha * f0, bins / alpha, upper).clamp(0.0, top)
+
+    @classmethod
+    def warp(cls, features: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """features (B, T, D), alpha (B,) -> (B, T, D), each utterance's bins linearly interpolated
+        at its warp_sources."""
+        dim = features.size(2)
+        source = cls.warp_sources(alpha, dim)  # (B, D)
+        low = source.floor().long().clamp(max=dim - 2)  # (B, D): the bin below each source
+        frac = (source - low).to(features.dtype)[:, None, :]  # (B, 1, D)
+        index = low[:, None, :].expand(-1, features.size(1), -1)  # (B, D) -> (B, T, D)
+        below, above = features.gather(2, index), features.gather(2, index + 1)  # (B, T, D) each
+        return torch.lerp(below, above, frac)  # exact at frac 0 and 1: alpha 1 changes nothing
 
     @staticmethod
     def _masks(n: int, max_width: float, sizes: torch.Tensor, length: int) -> torch.Tensor:
@@ -125,9 +163,12 @@ class SpecAugment(nn.Module):
         return masked
 
     def forward(self, features: torch.Tensor, lens: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        """features (B, T, D), lens (B,) -> (B, T, D) with the masked bands set to 0."""
+        """features (B, T, D), lens (B,) -> (B, T, D), warped (freq_warp > 0), with the masked bands set to 0."""
         if strength <= 0.0:
             return features
+        if self.freq_warp > 0.0:
+            alpha = 1.0 + strength * self.freq_warp * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
+            features = self.warp(features, alpha)  # (B,) factors in 1 +- strength * freq_warp
         batch, frames, dim = features.shape
         lens = lens.to(features.device)
         freq = self._masks(self.n_freq_masks, strength * self.freq_mask, torch.full_like(lens, dim), dim)  # (B, D)
