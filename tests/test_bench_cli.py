@@ -1,4 +1,4 @@
-"""The bench scripts refuse a bad number with argparse's one-line error and exit status 2."""
+"""The bench scripts: a bad number is argparse's one-line error and exit status 2; bench_voices.py's sums."""
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +32,28 @@ def test_a_bad_number_is_a_one_line_error(script, args, option):
     error = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(error) == 1 and f"argument {option}" in error[0], proc.stderr
     assert proc.stdout == ""  # nothing ran
+
+
+def test_bench_voices_sums_edits_per_speaker(tmp_path):
+    """bench_voices.py: a speaker's CER is its summed distances over its summed reference lengths
+    (worked out by hand here), best first, and the split line matches the whole split's CER."""
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("name\tdistance\treference\thypothesis\n"
+                      "7-1-0000\t3\tTHE CAT\tTHE BAT\n"       # speaker 7: (3 + 1) / (7 + 3) = 40%
+                      "12-5-0001\t1\tA DOG\tA DO\n"           # speaker 12: 1 / 5 = 20%
+                      "7-1-0002\t1\tYES\tYE\n")
+    speakers = tmp_path / "speakers.tsv"
+    speakers.write_text("speaker\tsplit\tengine\tvoice\tvariant\tspeed\tpitch\tutterances\n"
+                        "7\tdev-clean\tespeak\tde\tf2\t150\t40\t2\n12\tdev-clean\tflite\tslt\t\t\t\t1\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_voices.py"), str(scores),
+                           "--speakers", str(speakers)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[2].split() == ["12", "flite", "slt", "1", "20.00"]
+    assert lines[3].split() == ["7", "espeak", "de", "f2", "150", "40", "2", "40.00"]
+    assert lines[4].startswith("split CER 33.33%; per speaker 20.00-40.00%")  # (3 + 1 + 1) / (7 + 5 + 3)
+    assert lines[4].endswith("holds 80% of the edits")  # the worse of the two holds 4 of the 5 edits
+    missing = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_voices.py"), str(tmp_path / "none.tsv")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0 and "none.tsv" in missing.stderr
