@@ -55,28 +55,21 @@ def main() -> int:
     scores = read_tsv(args.scores, ("name", "distance", "reference"))
     speakers = {row["speaker"]: row for row in read_tsv(args.speakers, ("speaker", "engine", "voice"))}
     totals = per_speaker(scores)
-    rows = sorted(((dist / max(chars, 1), spk, n) for spk, (n, dist, chars) in totals.items()))
-    print(f"{args.scores}: {len(scores)} utterances, {len(rows)} speakers")
+    # (CER, speaker, utterances, edits), best first
+    ranked = sorted((dist / max(chars, 1), spk, n, dist) for spk, (n, dist, chars) in totals.items())
+    print(f"{args.scores}: {len(scores)} utterances, {len(ranked)} speakers")
     print(f"{'speaker':<9} {'engine':<7} {'voice':<16} {'variant':<10} {'rate':>5} {'pitch':>5} {'utts':>5} {'CER %':>7}")
-    for rate, spk, n in rows:
+    for rate, spk, n, _ in ranked:
         info = speakers.get(spk, {})
         print(f"{spk:<9} {info.get('engine', '?'):<7} {info.get('voice', '?'):<16} {info.get('variant', ''):<10} "
               f"{info.get('speed', ''):>5} {info.get('pitch', ''):>5} {n:>5} {100 * rate:>7.2f}")
-    dist = sum(d for _, d, _ in totals.values())
+    edits = sum(d for *_, d in ranked)
     chars = sum(c for _, _, c in totals.values())
-    values = [100 * r for r, _, _ in rows]
-    middle = sorted(values)[len(values) // 2]
-    print(f"split CER {100 * dist / max(chars, 1):.2f}%; per speaker {values[0]:.2f}-{values[-1]:.2f}% "
-          f"(median {middle:.2f}%); the worst quarter of the speakers holds "
-          f"{100 * worst_quarter_share(totals):.0f}% of the edits")
+    worst = ranked[len(ranked) - -(-len(ranked) // 4):]  # the quarter (rounded up) with the highest CER
+    print(f"split CER {100 * edits / max(chars, 1):.2f}%; per speaker {100 * ranked[0][0]:.2f}-"
+          f"{100 * ranked[-1][0]:.2f}% (median {100 * ranked[len(ranked) // 2][0]:.2f}%); the worst quarter of "
+          f"the speakers holds {100 * sum(d for *_, d in worst) / max(edits, 1):.0f}% of the edits")
     return 0
-
-
-def worst_quarter_share(totals: dict[str, tuple[int, int, int]]) -> float:
-    """The share of all edits made on the quarter of the speakers (rounded up) with the highest CER."""
-    ranked = sorted(totals.values(), key=lambda t: t[1] / max(t[2], 1), reverse=True)
-    worst = ranked[: max(1, -(-len(ranked) // 4))]
-    return sum(d for _, d, _ in worst) / max(1, sum(d for _, d, _ in ranked))
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ data) and loads one file per item, so 132k utterances cost a few MB of RAM.
 """
 from __future__ import annotations
 
-import dataclasses
-
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -402,7 +400,7 @@ def make_decoding_loader(dataset: SpeechDataset, data_cfg: Any, batch_size: int,
     changes = {"max_utterances_per_batch": batch_size}
     if num_workers is not None:
         changes["num_workers"] = num_workers
-    return make_loader(dataset, dataclasses.replace(data_cfg, **changes), shuffle=False, seed=0)
+    return make_loader(dataset, replace(data_cfg, **changes), shuffle=False, seed=0)
 
 
 def make_loader(
