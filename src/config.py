@@ -69,6 +69,7 @@ class SpecAugmentConfig:
     time_mask: int = 40  # max width of each time mask (frames)
     n_time_masks: int = 2  # time masks per utterance
     freq_warp: float = 0.0  # VTLP: stretch each utterance's frequency axis by 1 +- up to this (e.g. 0.1); 0 = off
+    time_stretch: float = 0.0  # speed perturbation on features: resample each utterance's time axis to 1 +- up to this of its length (e.g. 0.1); 0 = off
 
 
 @dataclass
@@ -440,6 +441,8 @@ def validate(cfg: Config) -> None:
                         f"'training.specaugment.ramp' at least 0; got {sa.start} and {sa.ramp}")
     if not 0.0 <= sa.freq_warp <= 0.5:
         raise UserError(f"config: 'training.specaugment.freq_warp' must be in [0, 0.5] (0.1: +-10%); got {sa.freq_warp}")
+    if not 0.0 <= sa.time_stretch <= 0.5:
+        raise UserError(f"config: 'training.specaugment.time_stretch' must be in [0, 0.5] (0.1: +-10%); got {sa.time_stretch}")
     if not 0.0 <= sa.until <= 1.0:
         raise UserError(f"config: 'training.specaugment.until' must be in [0, 1] (1 = the end of training); got {sa.until}")
     for stage in cfg.training.teacher_forcing.stages:

@@ -87,8 +87,10 @@ def corpus(tmp_path_factory):
 
 def test_two_epochs_equal_one_plus_resume_plus_one(corpus, tmp_path):
     # plateau lr and SpecAugment at full width from the start: neither depends on the planned number
-    # of epochs, which the first half sets to 1 (the other tests resume within one plan, with a ramp)
-    same_plan = ("training.scheduler=plateau", "training.specaugment.start=0", "training.specaugment.ramp=0")
+    # of epochs, which the first half sets to 1 (the other tests resume within one plan, with a ramp);
+    # the time stretch changes the lengths the model sees, and its draws must resume as the masks' do
+    same_plan = ("training.scheduler=plateau", "training.specaugment.start=0", "training.specaugment.ramp=0",
+                 "training.specaugment.time_stretch=0.1")
     straight, run = final_weights(tiny_config(corpus, tmp_path / "a", *same_plan))
     assert run.state.epoch == 2  # teacher forcing 1 -> 0.5 -> 0.25 (decayed twice):
     assert run.state.hooks["attention"]["teacher_forcing"]["rate"] == 0.25

@@ -106,11 +106,14 @@ def test_specaugment_masks_are_bands_within_real_frames():
     lens = torch.randint(10, frames + 1, (batch,))
     features = torch.randn(batch, frames, dim) + 5.0  # no zeros of its own
     before = torch.get_rng_state()
-    assert augment(features, lens, 0.0) is features
+    unchanged, same_lens = augment(features, lens, 0.0)
+    assert unchanged is features and same_lens is lens
     assert torch.equal(torch.get_rng_state(), before)
     widths = {"time": set(), "freq": set()}
     for strength in (1.0, 0.5):
-        zero = augment(features, lens, strength) == 0
+        augmented, augmented_lens = augment(features, lens, strength)
+        assert torch.equal(augmented_lens, lens)  # no time_stretch: the lengths stay
+        zero = augmented == 0
         for b in range(batch):
             # the widths are below the sizes, so a fully zero frame is a time mask, a fully zero bin a freq mask
             rows = [t for t in range(frames) if bool(zero[b, t, :].all())]
@@ -160,10 +163,52 @@ def test_frequency_warp_matches_vtlp_written_forwards():
 
     augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=0, freq_warp=0.1))
     ramp = torch.arange(28.0).expand(64, 1, 28)  # bin d holds d: the output is where each bin read
-    sources = augment(ramp, torch.ones(64, dtype=torch.long), 0.5)[:, 0, :]  # (64, 28)
+    sources = augment(ramp, torch.ones(64, dtype=torch.long), 0.5)[0][:, 0, :]  # (64, 28)
     low, high = (SpecAugment.warp_sources(torch.tensor([a]), 28)[0] for a in (1.05, 0.95))
     assert bool((sources >= low - 1e-5).all() and (sources <= high + 1e-5).all())
     assert len({round(float(s[5]), 4) for s in sources}) > 10  # a factor per utterance
+
+
+def test_time_stretch_matches_numpy_interpolation():
+    """SpecAugment.stretch against np.interp of every bin over the utterance's own frames (first
+    and last frame kept, round(rate * L) frames out, zeros after them); rate 1 changes nothing;
+    forward draws rates within 1 +- strength * time_stretch and keeps its time masks inside the
+    new lengths."""
+    import numpy as np
+
+    from src.config import SpecAugmentConfig
+    from src.training.loop import SpecAugment
+
+    torch.manual_seed(2)
+    lens = torch.tensor([40, 17, 1, 33])
+    features = torch.randn(4, 40, 6)
+    features[torch.arange(40)[None, :] >= lens[:, None]] = 0.0  # zero padded, as collate pads
+    rates = torch.tensor([0.9, 1.25, 1.5, 1.0])
+    out, new_lens = SpecAugment.stretch(features, lens, rates)
+    for b in range(4):
+        n, m = int(lens[b]), max(1, round(float(rates[b]) * int(lens[b])))
+        assert int(new_lens[b]) == m
+        x = features[b, :n].double().numpy()
+        expected = np.stack([np.interp(np.linspace(0.0, n - 1.0, m), np.arange(n), x[:, d]) for d in range(6)], 1)
+        np.testing.assert_allclose(out[b, :m].numpy(), expected, atol=1e-5)
+        assert bool((out[b, m:] == 0).all())
+    assert out.size(1) == 36  # the longest stretched utterance: 0.9 * 40
+    assert torch.equal(out[3, :33], features[3, :33])
+
+    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=1, time_mask=20, time_stretch=0.5))
+    lens = torch.full((200,), 50)
+    ones = torch.ones(200, 50, 3)
+    masked, drawn = augment(ones, lens, 1.0)
+    assert bool(((drawn >= 25) & (drawn <= 75)).all()) and len(set(drawn.tolist())) > 20
+    late = 0
+    for b in range(200):
+        n = int(drawn[b])
+        assert bool((masked[b, n:] == 0).all())  # padding after the new length
+        band = (masked[b, :n, 0] == 0).nonzero().flatten().tolist()
+        assert band == list(range(band[0], band[0] + len(band))) if band else True  # one band, inside
+        assert len(band) <= 20
+        late += any(t >= 50 for t in band)
+    assert late > 10  # masks fall where the stretched utterance reaches past its old length
 
 
 def test_optimizer_is_adamw_with_no_decay_on_vectors():

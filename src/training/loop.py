@@ -117,6 +117,11 @@ class SpecAugment(nn.Module):
     alpha drawn from 1 +- strength * freq_warp, as vocal tract length perturbation (VTLP;
     Jaitly and Hinton, 2013) does: bin f reads the input at f / alpha up to a boundary, above
     which a second straight line keeps the top bin in place (``warp_sources``).
+
+    With ``time_stretch`` > 0, each utterance is first resampled in time to a length of
+    round(rate * frames), rate drawn from 1 +- strength * time_stretch: speed perturbation (Ko
+    et al., 2015) done on the features rather than the audio (``stretch``). The lengths change,
+    so forward returns them with the features.
     """
 
     def __init__(self, sa_cfg):
@@ -124,6 +129,7 @@ class SpecAugment(nn.Module):
         self.freq_mask, self.n_freq_masks = sa_cfg.freq_mask, sa_cfg.n_freq_masks
         self.time_mask, self.n_time_masks = sa_cfg.time_mask, sa_cfg.n_time_masks
         self.freq_warp = sa_cfg.freq_warp
+        self.time_stretch = sa_cfg.time_stretch
 
     @staticmethod
     def warp_sources(alpha: torch.Tensor, dim: int, boundary: float = 0.8) -> torch.Tensor:
@@ -150,6 +156,27 @@ class SpecAugment(nn.Module):
         return torch.lerp(below, above, frac)  # exact at frac 0 and 1: alpha 1 changes nothing
 
     @staticmethod
+    def stretch(features: torch.Tensor, lens: torch.Tensor, rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, T, D), lens (B,), rate (B,) -> (B, T2, D) and the new lens (B,): utterance b
+        becomes L2 = max(1, round(rate * L)) frames, frame j linearly interpolated at input position
+        j * (L - 1) / (L2 - 1), so its first and last real frames stay where they are; zero padded."""
+        frames = features.size(1)
+        lens = lens.to(features.device)
+        new_lens = (lens.to(torch.float32) * rate).round().long().clamp(min=1)  # (B,)
+        scale = (lens - 1).to(torch.float32) / (new_lens - 1).clamp(min=1).to(torch.float32)  # (B,): input frames per output frame
+        out_frames = int(new_lens.max())
+        positions = torch.arange(out_frames, device=features.device, dtype=torch.float32)  # (T2,)
+        source = (positions[None, :] * scale[:, None]).clamp(max=(lens - 1).clamp(min=0)[:, None].float())  # (B, T2)
+        low = source.floor().long()  # (B, T2)
+        frac = (source - low).to(features.dtype)[:, :, None]  # (B, T2, 1)
+        dim = features.size(2)
+        below = features.gather(1, low[:, :, None].expand(-1, -1, dim))  # (B, T2) -> (B, T2, D)
+        above = features.gather(1, (low + 1).clamp(max=frames - 1)[:, :, None].expand(-1, -1, dim))  # (B, T2, D)
+        stretched = torch.lerp(below, above, frac)  # (B, T2, D); frac 0 at the last real frame
+        real = positions[None, :] < new_lens[:, None]  # (B, T2)
+        return stretched.masked_fill(~real[:, :, None], 0.0), new_lens
+
+    @staticmethod
     def _masks(n: int, max_width: float, sizes: torch.Tensor, length: int) -> torch.Tensor:
         """``n`` bands per row, each of a width drawn from 0..floor(max_width), within the row's
         ``sizes`` (B,): -> (B, length) bool, True where masked."""
@@ -162,18 +189,24 @@ class SpecAugment(nn.Module):
             masked |= (positions[None, :] >= first[:, None]) & (positions[None, :] < (first + width)[:, None])
         return masked
 
-    def forward(self, features: torch.Tensor, lens: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        """features (B, T, D), lens (B,) -> (B, T, D), warped (freq_warp > 0), with the masked bands set to 0."""
+    def forward(self, features: torch.Tensor, lens: torch.Tensor,
+                strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, T, D), lens (B,) -> features (B, T2, D) and lens (B,): stretched in time
+        (time_stretch > 0; otherwise T2 = T and the same lens), warped (freq_warp > 0), with the
+        masked bands set to 0."""
         if strength <= 0.0:
-            return features
+            return features, lens
+        lens = lens.to(features.device)
+        if self.time_stretch > 0.0:
+            rate = 1.0 + strength * self.time_stretch * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
+            features, lens = self.stretch(features, lens, rate)  # (B,) rates in 1 +- strength * time_stretch
         if self.freq_warp > 0.0:
             alpha = 1.0 + strength * self.freq_warp * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
             features = self.warp(features, alpha)  # (B,) factors in 1 +- strength * freq_warp
         batch, frames, dim = features.shape
-        lens = lens.to(features.device)
         freq = self._masks(self.n_freq_masks, strength * self.freq_mask, torch.full_like(lens, dim), dim)  # (B, D)
         time = self._masks(self.n_time_masks, strength * self.time_mask, lens, frames)  # (B, T)
-        return features.masked_fill(freq[:, None, :] | time[:, :, None], 0.0)  # (B, 1, D) | (B, T, 1) -> (B, T, D)
+        return features.masked_fill(freq[:, None, :] | time[:, :, None], 0.0), lens  # (B, 1, D) | (B, T, 1) -> (B, T, D)
 
 
 def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
@@ -464,12 +497,12 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
                 group["lr"] = lr
             with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
                                 enabled=run.amp_dtype is not None):
-                features = batch.features
                 if run.specaugment is not None:
                     strength = specaugment_strength(progress_of(run, state.global_step, elapsed),
                                                     specaugment_from(run), t.specaugment.ramp)
-                    features = run.specaugment(features, batch.feature_lens, strength)
-                out = compute_loss(run.model, batch, features=features, **options)
+                    features, lens = run.specaugment(batch.features, batch.feature_lens, strength)
+                    batch = dataclasses.replace(batch, features=features, feature_lens=lens)
+                out = compute_loss(run.model, batch, **options)
             loss = out.loss
             if not dist_utils.all_true(bool(torch.isfinite(loss)), run.info, run.device):
                 skip_batch(run, batch, "loss")
