@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli_args import count, positive  # bench/, this script's folder, is on sys.path
+from cli_args import count, non_negative, positive  # bench/, this script's folder, is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,6 +49,10 @@ def run(cmd: list[str]) -> None:
     if code != 0:
         raise UserError(f"bench_accuracy: the step above exited with code {code}; fix what it printed and "
                         "run the same command again (finished steps are skipped)")
+
+
+# how a decoding setting is named in a row's decoder column
+LABELS = {"ctc_weight": "ctc", "lm_weight": "lm", "length_penalty": "lp"}
 
 
 def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int, **decoding) -> dict:
@@ -76,8 +80,8 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     return {
         "split": split,
         "decoder": (method if method == "greedy" else f"beam {beam_size}")
-                   + "".join(f" {k.replace('_weight', '')} {v:g}" for k, v in decoding.items()
-                             if isinstance(v, float) and v),
+                   + "".join(f" {LABELS.get(k, k)} {v:g}" for k, v in decoding.items()
+                             if isinstance(v, float) and (v or k == "length_penalty")),
         "utterances": len(hyps),
         "mean_levenshtein": round(mean_levenshtein(hyps, refs), 2),
         "cer_percent": round(100 * cer(hyps, refs), 2),
@@ -94,6 +98,8 @@ def main() -> int:
     parser.add_argument("--eval", type=count, default=200, help="dev and test utterances each")
     parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
     parser.add_argument("--beam", type=count, default=10, help="beam size for the beam rows")
+    parser.add_argument("--length-penalty", type=non_negative, default=None,
+                        help="decoding.length_penalty of the beam rows (default: the committed one)")
     parser.add_argument("--ctc-weights", default=f"0,{DecodingConfig().ctc_weight:g}",
                         help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention; "
                              "default: 0 and the committed decoding.ctc_weight)")
@@ -105,6 +111,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="best.pt",
                         help="checkpoint in the run folder to score, e.g. average.pt from python -m src.average "
                              "(results go to accuracy-<its name>.json)")
+    parser.add_argument("--results", default=None,
+                        help="results file in the run folder (default: accuracy.json, or accuracy-<checkpoint>.json)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
     args = parser.parse_args()
     from host import describe, host_load
@@ -132,22 +140,24 @@ def main() -> int:
     if any(w > 0 for w in lm_weights) and not lm_path.exists():
         run([sys.executable, "-m", "src.lm", "build", "--root", str(corpus), "--order", "6", "--out", str(lm_path),
              "--dev-root", str(corpus)])
+    beam_options = {} if args.length_penalty is None else {"length_penalty": args.length_penalty}
     rows = []
     for split in ("dev-clean", "test-clean"):
         rows.append(score_split(ckpt, corpus, split, "greedy", 1))
         for weight in (float(w) for w in args.ctc_weights.split(",")):
             for lm_weight in lm_weights:
                 lm = {"lm": str(lm_path), "lm_weight": lm_weight} if lm_weight > 0 else {}
-                rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight, **lm))
+                rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight, **lm, **beam_options))
     load_after = host_load()
     print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
           f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {shown(ckpt)}")
     print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
-    print(f"{'split':<12}{'decoder':<25}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
+    print(f"{'split':<12}{'decoder':<28}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
     for r in rows:
-        print(f"{r['split']:<12}{r['decoder']:<25}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
+        print(f"{r['split']:<12}{r['decoder']:<28}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
-    result = "accuracy.json" if args.checkpoint == "best.pt" else f"accuracy-{Path(args.checkpoint).stem}.json"
+    result = args.results or ("accuracy.json" if args.checkpoint == "best.pt"
+                              else f"accuracy-{Path(args.checkpoint).stem}.json")
     (run_dir / result).write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,
                                                        "host_after": load_after}, indent=2))
     return 0

@@ -68,7 +68,7 @@ def main() -> int:
     cfg = load_config("config.yaml", args.overrides)
     device = choose_device(cfg.training.device)
     dataset, model, optimizer, options = training_setup(cfg, args.root, args.partition, device)
-    amp = autocast_dtype(cfg.training.amp, device)
+    amp = autocast_dtype(cfg.training.amp, device, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
     utts = frames = steps = 0

@@ -28,3 +28,11 @@ def natural(text: str) -> int:
 def positive(text: str) -> float:
     """A number above 0 (minutes, rates)."""
     return _number(text, float, 0.0, True, "a number above 0")
+
+
+def non_negative(text: str) -> float:
+    """A finite number of at least 0 (weights, penalties)."""
+    value = _number(text, float, 0.0, False, "a number of at least 0")
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of at least 0")
+    return value

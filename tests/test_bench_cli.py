@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = [
     ("bench_accuracy.py", ["--minutes", "0"], "--minutes"),
     ("bench_accuracy.py", ["--beam", "ten"], "--beam"),
+    ("bench_accuracy.py", ["--length-penalty", "-1"], "--length-penalty"),
+    ("bench_accuracy.py", ["--length-penalty", "inf"], "--length-penalty"),
     ("bench_cores.py", ["--repeat", "0"], "--repeat"),
     ("bench_cores.py", ["--utterances", "-5"], "--utterances"),
     ("bench_ctc_decode.py", ["--beam", "0"], "--beam"),

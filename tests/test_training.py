@@ -354,20 +354,35 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in run.core.parameters())
 
 
+def _lstm_runs_in_bf16() -> bool:
+    """The reference for cpu_runs_bf16_recurrent: a speller-sized LSTM forward under bf16 autocast."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(28, 64, bidirectional=True)(torch.randn(10, 3, 28))
+    except RuntimeError:
+        return False
+    return True
+
+
 def test_bf16_autocast_on_cpu_trains_in_fp32_weights_close_to_fp32(tmp_path):
     """training.amp=bf16 runs on the CPU (how the GPU's autocast path is tested here): the loss is
     bfloat16-close to the fp32 loss but not equal to it (the products did run in bf16), and the
-    gradients, weights and a trained run's checkpoint stay float32. fp16 asks for CUDA in one line."""
+    gradients, weights and a trained run's checkpoint stay float32. fp16 asks for CUDA in one line.
+    Needs a CPU whose oneDNN runs LSTMs in bf16 (AVX-512)."""
     import src.training.loop as training
     from src.training.evaluation import compute_loss
 
     cpu = torch.device("cpu")
-    assert training.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert training.autocast_dtype("bf16", cpu) is torch.bfloat16  # no model: nothing recurrent to refuse
     assert training.autocast_dtype("auto", cpu) is None and training.autocast_dtype("none", cpu) is None
     with pytest.raises(UserError, match="training.amp=fp16 needs a CUDA GPU"):
         training.autocast_dtype("fp16", cpu)
 
     batch, model = _batch_and_model()
+    assert training.cpu_runs_bf16_recurrent() == _lstm_runs_in_bf16()
+    if not _lstm_runs_in_bf16():
+        pytest.skip("this CPU's oneDNN has no bf16 LSTM (AVX2 only): the refusal is tested below")
+    assert training.autocast_dtype("bf16", cpu, model) is torch.bfloat16
     options = dict(teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25)
     reference = compute_loss(model, batch, **options).loss
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -382,6 +397,23 @@ def test_bf16_autocast_on_cpu_trains_in_fp32_weights_close_to_fp32(tmp_path):
     saved = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
     assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+
+
+def test_bf16_on_a_cpu_without_bf16_lstm_is_a_one_line_error(tmp_path, monkeypatch):
+    """Where oneDNN has no bf16 LSTM (probed; forced here), training.amp=bf16 with a recurrent model
+    stops with one line before the run folder is written; a model without recurrent layers is let
+    through."""
+    import src.training.loop as training
+
+    monkeypatch.setattr(training, "cpu_runs_bf16_recurrent", lambda: False)
+    cpu = torch.device("cpu")
+    with pytest.raises(UserError, match="cannot run LSTM/GRU layers in bfloat16"):
+        training.autocast_dtype("bf16", cpu, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GRU(2, 2)))
+    assert training.autocast_dtype("bf16", cpu, torch.nn.Linear(2, 2)) is torch.bfloat16
+    assert training.autocast_dtype("none", cpu, torch.nn.LSTM(2, 2)) is None
+    with pytest.raises(UserError, match="use training.amp=none"):
+        training.train(_tiny_cfg(tmp_path, "training.amp=bf16"))
+    assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_out_of_memory_becomes_advice(tmp_path, monkeypatch):
