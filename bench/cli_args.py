@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 
-def _number(text: str, kind: type, low: float, strict: bool, what: str):
+def _number(text: str, kind: type, low: float, strict: bool, what: str, finite: bool = False):
     try:
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if value < low or (strict and value == low) or value != value:  # value != value: NaN
+    if value < low or (strict and value == low) or value != value or finite and value == float("inf"):  # NaN, inf
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return value
 
@@ -32,7 +32,4 @@ def positive(text: str) -> float:
 
 def non_negative(text: str) -> float:
     """A finite number of at least 0 (weights, penalties)."""
-    value = _number(text, float, 0.0, False, "a number of at least 0")
-    if value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of at least 0")
-    return value
+    return _number(text, float, 0.0, False, "a finite number of at least 0", finite=True)

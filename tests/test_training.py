@@ -355,7 +355,8 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def _lstm_runs_in_bf16() -> bool:
-    """The reference for cpu_runs_bf16_recurrent: a speller-sized LSTM forward under bf16 autocast."""
+    """The reference for cpu_runs_bf16_recurrent: a listener-shaped (bidirectional) LSTM forward
+    under bf16 autocast."""
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             torch.nn.LSTM(28, 64, bidirectional=True)(torch.randn(10, 3, 28))
@@ -379,8 +380,9 @@ def test_bf16_autocast_on_cpu_trains_in_fp32_weights_close_to_fp32(tmp_path):
         training.autocast_dtype("fp16", cpu)
 
     batch, model = _batch_and_model()
-    assert training.cpu_runs_bf16_recurrent() == _lstm_runs_in_bf16()
-    if not _lstm_runs_in_bf16():
+    supported = _lstm_runs_in_bf16()
+    assert training.cpu_runs_bf16_recurrent() == supported
+    if not supported:
         pytest.skip("this CPU's oneDNN has no bf16 LSTM (AVX2 only): the refusal is tested below")
     assert training.autocast_dtype("bf16", cpu, model) is torch.bfloat16
     options = dict(teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25)
