@@ -164,6 +164,8 @@ def test_value_checks():
         load_config(None, ["training.specaugment.freq_warp=0.6"])
     with pytest.raises(UserError, match="training.specaugment.time_stretch"):
         load_config(None, ["training.specaugment.time_stretch=-0.1"])
+    with pytest.raises(UserError, match="training.specaugment.perturb"):
+        load_config(None, ["training.specaugment.perturb=sometimes"])
     with pytest.raises(UserError, match="not key=value"):
         load_config(None, ["training.lr"])
     for bad in ("-1", "two", "1.5"):

@@ -99,7 +99,7 @@ def test_specaugment_masks_are_bands_within_real_frames():
     from src.config import SpecAugmentConfig
     from src.training.loop import SpecAugment
 
-    cfg = SpecAugmentConfig(freq_mask=5, n_freq_masks=1, time_mask=7, n_time_masks=1)
+    cfg = SpecAugmentConfig(freq_mask=5, n_freq_masks=1, time_mask=7, n_time_masks=1, freq_warp=0.0, time_stretch=0.0)
     augment = SpecAugment(cfg)
     torch.manual_seed(0)
     batch, frames, dim = 64, 50, 20
@@ -161,7 +161,7 @@ def test_frequency_warp_matches_vtlp_written_forwards():
         np.testing.assert_allclose(warped[b].numpy(), expected, atol=1e-4)
     assert torch.equal(warped[1], features[1])
 
-    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=0, freq_warp=0.1))
+    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=0, freq_warp=0.1, time_stretch=0.0))
     ramp = torch.arange(28.0).expand(64, 1, 28)  # bin d holds d: the output is where each bin read
     sources = augment(ramp, torch.ones(64, dtype=torch.long), 0.5)[0][:, 0, :]  # (64, 28)
     low, high = (SpecAugment.warp_sources(torch.tensor([a]), 28)[0] for a in (1.05, 0.95))
@@ -195,7 +195,7 @@ def test_time_stretch_matches_numpy_interpolation():
     assert out.size(1) == 36  # the longest stretched utterance: 0.9 * 40
     assert torch.equal(out[3, :33], features[3, :33])
 
-    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=1, time_mask=20, time_stretch=0.5))
+    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=0, n_time_masks=1, time_mask=20, time_stretch=0.5, freq_warp=0.0))
     lens = torch.full((200,), 50)
     ones = torch.ones(200, 50, 3)
     masked, drawn = augment(ones, lens, 1.0)
@@ -209,6 +209,37 @@ def test_time_stretch_matches_numpy_interpolation():
         assert len(band) <= 20
         late += any(t >= 50 for t in band)
     assert late > 10  # masks fall where the stretched utterance reaches past its old length
+
+
+def test_perturbation_runs_apart_from_the_masks():
+    """perturb (training.specaugment.perturb: always) sets the stretch and warp ranges apart from the
+    masks' strength: at strength 0 and perturb 1 the lengths span the full 1 +- time_stretch and the
+    bins are warped, but nothing is masked; at strength 0 and perturb 0 the batch passes untouched
+    and no random number is drawn; perturb None follows strength, as before."""
+    from src.config import SpecAugmentConfig
+    from src.training.loop import SpecAugment
+
+    augment = SpecAugment(SpecAugmentConfig(n_freq_masks=2, freq_mask=4, n_time_masks=2, time_mask=10,
+                                            time_stretch=0.2, freq_warp=0.1))
+    torch.manual_seed(3)
+    lens = torch.full((300,), 100)
+    ramp = torch.arange(1.0, 29.0).expand(300, 100, 28)  # bin d holds d + 1: never 0 unless masked
+    out, drawn = augment(ramp, lens, 0.0, 1.0)
+    assert int(drawn.min()) < 85 and int(drawn.max()) > 115  # rates reach past 1 +- 0.15
+    assert bool(((drawn >= 80) & (drawn <= 120)).all())
+    for b in range(300):
+        assert bool((out[b, :int(drawn[b])] > 0).all())  # no mask anywhere in the real frames
+    assert bool((out[:, 0, 5] != 6.0).any())  # some utterances' bins moved (the warp)
+
+    state = torch.get_rng_state()
+    same, same_lens = augment(ramp, lens, 0.0, 0.0)
+    assert same is ramp and torch.equal(same_lens, lens) and torch.equal(torch.get_rng_state(), state)
+
+    torch.manual_seed(4)
+    follows = augment(ramp, lens, 0.5)
+    torch.manual_seed(4)
+    explicit = augment(ramp, lens, 0.5, 0.5)
+    assert torch.equal(follows[0], explicit[0]) and torch.equal(follows[1], explicit[1])
 
 
 def test_optimizer_is_adamw_with_no_decay_on_vectors():

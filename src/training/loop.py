@@ -134,14 +134,19 @@ class SpecAugment(nn.Module):
     schedules.specaugment_strength; 0 returns the features unchanged and draws nothing.
 
     With ``freq_warp`` > 0, each utterance's frequency axis is first stretched by a factor
-    alpha drawn from 1 +- strength * freq_warp, as vocal tract length perturbation (VTLP;
+    alpha drawn from 1 +- perturb * freq_warp, as vocal tract length perturbation (VTLP;
     Jaitly and Hinton, 2013) does: bin f reads the input at f / alpha up to a boundary, above
     which a second straight line keeps the top bin in place (``warp_sources``).
 
     With ``time_stretch`` > 0, each utterance is first resampled in time to a length of
-    round(rate * frames), rate drawn from 1 +- strength * time_stretch: speed perturbation (Ko
+    round(rate * frames), rate drawn from 1 +- perturb * time_stretch: speed perturbation (Ko
     et al., 2015) done on the features rather than the audio (``stretch``). The lengths change,
     so forward returns them with the features.
+
+    ``perturb`` is the masks' ``strength`` unless ``training.specaugment.perturb`` is ``always``:
+    then the warp and the stretch run at full range from the first step, while the masks wait
+    for their trigger. Unlike masks, which hide what the model has to hear, they change how it
+    sounds (another vocal tract, another speaking rate), so they need not wait for overfitting.
     """
 
     def __init__(self, sa_cfg):
@@ -209,20 +214,24 @@ class SpecAugment(nn.Module):
             masked |= (positions[None, :] >= first[:, None]) & (positions[None, :] < (first + width)[:, None])
         return masked
 
-    def forward(self, features: torch.Tensor, lens: torch.Tensor,
-                strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, lens: torch.Tensor, strength: float = 1.0,
+                perturb: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, T, D), lens (B,) -> features (B, T2, D) and lens (B,): stretched in time
         (time_stretch > 0; otherwise T2 = T and the same lens), warped (freq_warp > 0), with the
-        masked bands set to 0."""
-        if strength <= 0.0:
+        masked bands set to 0. ``perturb`` is the share of the stretch and warp ranges (``strength``
+        when None, as with ``perturb: with_masks``); a share of 0 draws nothing for that part."""
+        perturb = strength if perturb is None else perturb
+        if strength <= 0.0 and perturb <= 0.0:
             return features, lens
         lens = lens.to(features.device)
-        if self.time_stretch > 0.0:
-            rate = 1.0 + strength * self.time_stretch * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
-            features, lens = self.stretch(features, lens, rate)  # (B,) rates in 1 +- strength * time_stretch
-        if self.freq_warp > 0.0:
-            alpha = 1.0 + strength * self.freq_warp * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
-            features = self.warp(features, alpha)  # (B,) factors in 1 +- strength * freq_warp
+        if self.time_stretch > 0.0 and perturb > 0.0:
+            rate = 1.0 + perturb * self.time_stretch * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
+            features, lens = self.stretch(features, lens, rate)  # (B,) rates in 1 +- perturb * time_stretch
+        if self.freq_warp > 0.0 and perturb > 0.0:
+            alpha = 1.0 + perturb * self.freq_warp * (2.0 * torch.rand(lens.shape, device=features.device) - 1.0)
+            features = self.warp(features, alpha)  # (B,) factors in 1 +- perturb * freq_warp
+        if strength <= 0.0:
+            return features, lens
         batch, frames, dim = features.shape
         freq = self._masks(self.n_freq_masks, strength * self.freq_mask, torch.full_like(lens, dim), dim)  # (B, D)
         time = self._masks(self.n_time_masks, strength * self.time_mask, lens, frames)  # (B, T)
@@ -520,7 +529,8 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
                 if run.specaugment is not None:
                     strength = specaugment_strength(progress_of(run, state.global_step, elapsed),
                                                     specaugment_from(run), t.specaugment.ramp)
-                    features, lens = run.specaugment(batch.features, batch.feature_lens, strength)
+                    perturb = 1.0 if t.specaugment.perturb == "always" else strength
+                    features, lens = run.specaugment(batch.features, batch.feature_lens, strength, perturb)
                     batch = dataclasses.replace(batch, features=features, feature_lens=lens)
                 out = compute_loss(run.model, batch, **options)
             loss = out.loss
