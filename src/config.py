@@ -61,7 +61,7 @@ class SpecAugmentConfig:
     specaugment_strength)."""
 
     trigger: str = "overfit"  # overfit: from the first epoch whose training loss is below the dev loss | progress: from start
-    start: float = 0.0  # training progress (0-1) before which there are no masks, whatever the trigger; -1 disables
+    start: float = 0.0  # training progress (0-1) before which there are no masks, whatever the trigger; -1: no masks (with perturb: always, the warp and stretch still run)
     until: float = 1.0  # overfit: the trigger fires only if the masks reach full width (its progress + ramp) by this progress, and never later than wsd's cool-down (1 - decay_fraction): masks ramping in while the lr anneals cost more than they give
     ramp: float = 0.25  # progress over which the mask widths grow from 0 to full (0 = at once)
     freq_mask: int = 4  # max width of each frequency mask (bins)
@@ -202,6 +202,7 @@ class TrainingConfig:
     resume: bool = True  # continue from run_dir/last.pt when it exists
     dev_max_utterances: int = 0  # score only this many dev utterances each epoch; 0 = all
     dev_decoder: str = "greedy"  # greedy (fast) | test: score dev (and pick best.pt) with test.py's decoding settings
+    final_check: bool = True  # dev_decoder greedy: at the end, score the final weights with test.py's decoder too when they are not best.pt, and make them best.pt if they do better there
 
 
 @dataclass

@@ -67,7 +67,7 @@ def ds2_config(corpus, run_dir, *extra):
         "data.max_utterances_per_batch=4", "data.check=false", "model.family=ds2", "training.device=cpu",
         "model.ds2.conv_channels=8", "model.ds2.rnn_layers=2", "model.ds2.rnn_hidden=32", "model.ds2.dropout=0.0",
         "model.ds2.time_reduction=2", "training.lr=3e-3", "training.warmup_steps=5", "training.scheduler=plateau",
-        "training.specaugment.start=-1", "decoding.method=greedy", *extra])
+        "training.specaugment.start=-1", "training.specaugment.freq_warp=0", "training.specaugment.time_stretch=0", "decoding.method=greedy", *extra])
 
 
 def test_ds2_learns_the_toy_corpus_and_resumes_bit_identically(tmp_path):

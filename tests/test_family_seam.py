@@ -29,7 +29,7 @@ def toy_args(corpus: Path, run_dir: Path, *extra: str) -> list[str]:
     return [f"data.root={corpus}", f"logging.run_dir={run_dir}", "logging.wandb=disabled", "data.num_workers=0",
             "data.max_utterances_per_batch=4", "data.check=false", "model.family=toy_ctc", "training.device=cpu",
             "training.lr=3e-2", "training.warmup_steps=2", "training.scheduler=plateau",
-            "training.specaugment.start=-1", "decoding.method=greedy", *extra]
+            "training.specaugment.start=-1", "training.specaugment.freq_warp=0", "training.specaugment.time_stretch=0", "decoding.method=greedy", *extra]
 
 
 @pytest.fixture(scope="module")

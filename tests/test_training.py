@@ -242,6 +242,23 @@ def test_perturbation_runs_apart_from_the_masks():
     assert torch.equal(follows[0], explicit[0]) and torch.equal(follows[1], explicit[1])
 
 
+def test_masks_off_leaves_the_perturbation_on(tmp_path):
+    """specaugment.start=-1 turns the masks off, not the warp and stretch of perturb=always: training
+    then differs from a run with neither, and equals it once the perturbation is tied to the
+    (absent) masks or set to 0."""
+    from test_resume import final_weights, make_corpus, tiny_config
+
+    corpus = make_corpus(tmp_path / "corpus")
+    off = ("training.epochs=1", "training.specaugment.start=-1")
+    none = ("training.specaugment.freq_warp=0", "training.specaugment.time_stretch=0")
+    weights = {}
+    for name, extra in {"perturbed": (), "plain": none,
+                        "with_masks": ("training.specaugment.perturb=with_masks",)}.items():
+        weights[name], _ = final_weights(tiny_config(corpus, tmp_path / name, *off, *extra))
+    assert any(not torch.equal(weights["perturbed"][k], weights["plain"][k]) for k in weights["plain"])
+    assert all(torch.equal(weights["with_masks"][k], weights["plain"][k]) for k in weights["plain"])
+
+
 def test_optimizer_is_adamw_with_no_decay_on_vectors():
     """make_optimizer against AdamW written out in float64 (Adam's moments and bias correction,
     decoupled weight decay on matrices only), over steps of random gradients."""
@@ -383,6 +400,49 @@ def test_non_finite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
         run = training.train(_tiny_cfg(tmp_path))
     assert run.state.nan_skips == 1 and run.state.global_step == 4
     assert all(torch.isfinite(p).all() for p in run.core.parameters())
+
+
+def test_final_check_makes_best_pt_whichever_weights_test_py_decodes_better(tmp_path):
+    """training.final_check: when the final weights are not best.pt, both are scored on dev with
+    test.py's decoder, and best.pt ends up holding the one with the lower mean Levenshtein. The
+    reference decodes each set of weights with test.py's path (decode_dataset) and scores it with
+    the brute-force edit distance; both orders are tried, so one must replace and one must keep."""
+    import src.training.loop as training
+    from src.checkpoint import load_checkpoint, model_from_checkpoint
+    from src.inference import decode_dataset
+    from test_metrics import brute_force
+
+    run = training.train(_tiny_cfg(tmp_path, "decoding.method=greedy"))
+    trained = {k: v.clone() for k, v in run.core.state_dict().items()}
+    from src.vocab import EOS
+
+    silent = {**trained, "speller.char_out.bias": trained["speller.char_out.bias"].clone()}
+    silent["speller.char_out.bias"][EOS] += 100.0  # says </s> at once: every hypothesis is empty
+
+    def mean_lev(weights):
+        run.core.load_state_dict(weights)
+        hyps, refs = decode_dataset(run.core, run.dev_set, run.cfg.data, run.cfg.decoding)
+        return sum(brute_force(h, r) for h, r in zip(hyps, refs)) / len(refs)
+
+    levs = {"trained": mean_lev(trained), "silent": mean_lev(silent)}
+    assert levs["trained"] != levs["silent"]  # else the test could not tell the two apart
+    weights = {"trained": trained, "silent": silent}
+    for in_best, final in (("trained", "silent"), ("silent", "trained")):
+        run.core.load_state_dict(weights[in_best])
+        training.save_best(run, {"epoch": 1})
+        run.core.load_state_dict(weights[final])
+        run.final_is_best = False
+        training.final_dev_report(run)
+        expected = final if levs[final] < levs[in_best] else in_best
+        best = model_from_checkpoint(load_checkpoint(run.run_dir / "best.pt")).state_dict()
+        for k, v in weights[expected].items():
+            assert torch.equal(best[k], v), (in_best, final, k)
+    log = (run.run_dir / "train.log").read_text()
+    assert log.count("(training.final_check)") == 2 and log.count("they are best.pt now") == 1
+    # off, or when the last dev evaluation made best.pt: best.pt is not scored against anything
+    run.final_is_best = True
+    training.final_dev_report(run)
+    assert (run.run_dir / "train.log").read_text().count("(training.final_check)") == 2
 
 
 def _lstm_runs_in_bf16() -> bool:

@@ -330,7 +330,7 @@ def setup_run(cfg: Config) -> Run:
               loss_options=type(model).loss_options(cfg.training) if hasattr(model, "loss_options") else {},
               hooks=hooks_for(model, cfg.training, state.hooks))
     run.sync_hook_state()
-    if cfg.training.specaugment.start >= 0:
+    if specaugment_needed(cfg.training.specaugment):
         run.specaugment = SpecAugment(cfg.training.specaugment).to(device)
     run.log = RunLog(cfg, run_dir, info.is_main, warn, state.wandb_id)
     state.wandb_id = run.log.wandb_id
@@ -439,6 +439,13 @@ def progress_of(run: Run, step: int, elapsed_minutes: float) -> float:
     """Training progress 0-1 (schedules.training_progress): steps, or the share of a time budget."""
     t = run.cfg.training
     return training_progress(step, run.total_steps, elapsed_minutes / t.max_minutes if t.max_minutes > 0 else 0.0)
+
+
+def specaugment_needed(sa) -> bool:
+    """Whether training augments at all: masks (``start`` >= 0), or the warp and stretch that
+    ``perturb: always`` applies from the first step even with the masks off (``start`` -1)."""
+    perturbs = sa.perturb == "always" and (sa.freq_warp > 0 or sa.time_stretch > 0)
+    return sa.start >= 0 or perturbs
 
 
 def specaugment_from(run: Run) -> float:
@@ -626,6 +633,7 @@ def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> DevResult:
     dev_lev = dev_metrics["dev_lev"]
     improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
     metrics = {**dev_metrics, "epoch": state.epoch + state.batch / max(1, run.steps_per_epoch)}
+    run.final_is_best = improved
     if improved:
         state.best_dev_lev = dev_lev
         save_last(run, metrics, rng=rng)  # same position and RNG, new best_dev_lev
@@ -648,6 +656,7 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResu
         state.plateau = dataclasses.asdict(plateau_update(PlateauState(**state.plateau), dev_lev,
                                                           factor=t.plateau_factor, patience=t.plateau_patience))
     improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
+    run.final_is_best = improved
     if improved:
         state.best_dev_lev = dev_lev
     state.epoch = epoch + 1
@@ -684,25 +693,49 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> DevResu
     return dev
 
 
+def _dev_with_test_decoder(run: Run, model: nn.Module, desc: str) -> tuple[float, float, list[str], list[str]]:
+    """(mean Levenshtein, CER, hypotheses, references) of ``model`` on dev with test.py's decoder."""
+    from src.inference import decode_dataset
+    from src.metrics import cer, mean_levenshtein
+
+    threads = torch.get_num_threads()
+    hyps, refs = decode_dataset(model, run.dev_set, dataclasses.replace(run.cfg.data, num_workers=0),
+                                run.cfg.decoding, desc=desc)
+    lev, rate = mean_levenshtein(hyps, refs), cer(hyps, refs)
+    torch.set_num_threads(threads)  # numba's OpenMP layer resets torch's thread count
+    return lev, rate, hyps, refs
+
+
 def final_dev_report(run: Run, n_examples: int = 3) -> None:
     """Score best.pt on dev with the decoder test.py will use (decoding.*), and show a few
-    transcripts next to their references, so that the last number printed is the one to expect."""
+    transcripts next to their references, so that the last number printed is the one to expect.
+
+    training.final_check: when best.pt was picked by the greedy dev score and the final weights
+    (the end of the schedule's cool-down) are not best.pt, score them too, and make them best.pt
+    if test.py's decoder does better with them. A greedy decoder that loops can rank the
+    cooled-down weights below an earlier epoch's that the beam with CTC scoring does worse with."""
     best = run.run_dir / "best.pt"
     if not run.info.is_main or not best.is_file() or len(run.dev_set) == 0:
         return
     from src.checkpoint import model_from_checkpoint
-    from src.inference import decode_dataset, decoding_description
-    from src.metrics import cer, mean_levenshtein
+    from src.inference import decoding_description
 
     cfg = run.cfg
     model = model_from_checkpoint(load_checkpoint(best), run.device)
-    hyps, refs = decode_dataset(model, run.dev_set, dataclasses.replace(cfg.data, num_workers=0), cfg.decoding,
-                                desc="dev with best.pt")
-    threads = torch.get_num_threads()
-    lev, rate = mean_levenshtein(hyps, refs), cer(hyps, refs)
-    torch.set_num_threads(threads)  # numba's OpenMP layer resets torch's thread count
-    run.log.line(f"best.pt on {cfg.data.dev_partition} ({len(hyps)} utts) with test.py's decoder "
-                 f"({decoding_description(cfg.decoding)}): mean Levenshtein {lev:.2f}, CER {rate:.3f}")
+    lev, rate, hyps, refs = _dev_with_test_decoder(run, model, "dev with best.pt")
+    decoder = f"test.py's decoder ({decoding_description(cfg.decoding)})"
+    run.log.line(f"best.pt on {cfg.data.dev_partition} ({len(hyps)} utts) with {decoder}: "
+                 f"mean Levenshtein {lev:.2f}, CER {rate:.3f}")
+    if cfg.training.final_check and cfg.training.dev_decoder == "greedy" and not run.final_is_best:
+        final_lev, final_rate, final_hyps, _ = _dev_with_test_decoder(run, run.core, "dev with the final weights")
+        keep = final_lev < lev
+        run.log.line(f"the final weights with {decoder}: mean Levenshtein {final_lev:.2f}, CER {final_rate:.3f}"
+                     f"{': they are best.pt now' if keep else ''} (training.final_check)")
+        if keep:
+            state = run.state
+            save_best(run, {"epoch": state.epoch + state.batch / max(1, run.steps_per_epoch),
+                            "dev_lev_test_decoder": final_lev, "dev_cer_test_decoder": final_rate})
+            hyps = final_hyps
     for name, ref, hyp in list(zip(run.dev_set.names, refs, hyps))[:n_examples]:
         run.log.line(f"  {name}\n    ref: {ref}\n    hyp: {hyp}")
 

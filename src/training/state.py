@@ -130,6 +130,7 @@ class Run:
     last_save: float = field(default_factory=time.monotonic)
     rng_at_batch_start: dict | None = None
     saved_on_interrupt: bool = False
+    final_is_best: bool = False  # the last dev evaluation made best.pt (training.final_check)
 
     @property
     def core(self) -> nn.Module:
