@@ -624,6 +624,11 @@ def evaluate_dev(run: Run) -> tuple[DevResult, dict[str, float]]:
     return dev, dist_utils.broadcast_object(dev.metrics(), run.info)
 
 
+def epoch_position(run: Run) -> float:
+    """Epochs done, with the share of the one in progress (the ``epoch`` of a checkpoint's metrics)."""
+    return run.state.epoch + run.state.batch / max(1, run.steps_per_epoch)
+
+
 def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> DevResult:
     """The time budget ended mid-epoch: score dev once more, so that best.pt gets
     the last weights when they are the best. ``rng``: the RNG state saved in
@@ -632,7 +637,7 @@ def evaluate_at_budget(run: Run, rng: dict[str, Any]) -> DevResult:
     dev, dev_metrics = evaluate_dev(run)
     dev_lev = dev_metrics["dev_lev"]
     improved = not math.isnan(dev_lev) and dev_lev < state.best_dev_lev
-    metrics = {**dev_metrics, "epoch": state.epoch + state.batch / max(1, run.steps_per_epoch)}
+    metrics = {**dev_metrics, "epoch": epoch_position(run)}
     run.final_is_best = improved
     if improved:
         state.best_dev_lev = dev_lev
@@ -732,9 +737,8 @@ def final_dev_report(run: Run, n_examples: int = 3) -> None:
         run.log.line(f"the final weights with {decoder}: mean Levenshtein {final_lev:.2f}, CER {final_rate:.3f}"
                      f"{': they are best.pt now' if keep else ''} (training.final_check)")
         if keep:
-            state = run.state
-            save_best(run, {"epoch": state.epoch + state.batch / max(1, run.steps_per_epoch),
-                            "dev_lev_test_decoder": final_lev, "dev_cer_test_decoder": final_rate})
+            save_best(run, {"epoch": epoch_position(run), "dev_lev_test_decoder": final_lev,
+                            "dev_cer_test_decoder": final_rate})
             hyps = final_hyps
     for name, ref, hyp in list(zip(run.dev_set.names, refs, hyps))[:n_examples]:
         run.log.line(f"  {name}\n    ref: {ref}\n    hyp: {hyp}")
