@@ -1,7 +1,7 @@
 """Train a model: ``python train.py [--config config.yaml] [key=value ...]``.
 
 Multi-GPU: ``torchrun --nproc_per_node=N train.py ...`` (DistributedDataParallel).
-Everything lives in src/training/; see README.md for the run directory.
+Everything lives in src/training/; see docs/training.md for the run directory.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main() -> int:
     add_config_args(parser)
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
-    from src.lm import check_decoding_lm
+    from src.decoding.lm import check_decoding_lm
 
     check_decoding_lm(cfg.decoding)  # dev scoring and the final report decode with it
     from src.training import train  # after parsing: --help stays fast

@@ -62,7 +62,7 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     from src.checkpoint import front_end, load_checkpoint, model_from_checkpoint
     from src.config import DataConfig, DecodingConfig
     from src.data.dataset import SpeechDataset
-    from src.inference import decode_dataset
+    from src.decoding import decode_dataset
     from src.metrics import cer, mean_levenshtein
 
     ckpt = load_checkpoint(checkpoint)

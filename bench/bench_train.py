@@ -31,7 +31,7 @@ def training_setup(cfg, root: str, partition: str, device):
     from src.data.dataset import SpeechDataset
     from src.models import build_model
     from src.training.hooks import hooks_for
-    from src.training.loop import make_optimizer
+    from src.training.setup import make_optimizer
     from src.vocab import VOCAB
 
     torch.manual_seed(cfg.training.seed)
@@ -52,7 +52,7 @@ def main() -> int:
     from src.distributed import choose_device
     from src.models import count_parameters
     from src.training.evaluation import compute_loss
-    from src.training.loop import autocast_dtype
+    from src.training.precision import autocast_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="data/sample", help="data root in the competition layout")

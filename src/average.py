@@ -19,46 +19,17 @@ bench_accuracy.py read it, train.py does not resume from it.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from src.checkpoint import load_checkpoint, save_checkpoint
+from src.checkpoint import front_end, load_checkpoint, model_spec, save_checkpoint, snapshots, weights_only
 from src.errors import UserError, run_cli
-
-SNAPSHOT = "epoch_{:03d}.pt"
-SNAPSHOT_RE = re.compile(r"^epoch_(\d{3,})\.pt$")
-# what an averaged (or snapshot) checkpoint carries: the model and how to rebuild it, no training state
-# (the keys of src/training/state.py's model_payload)
-WEIGHTS_KEYS = ("model", "family", "model_config", "front_end", "n_mels", "vocab", "config")
-
-
-def snapshots(run_dir: Path) -> list[Path]:
-    """The run's epoch snapshots, oldest first (by epoch number)."""
-    found = [(int(m.group(1)), p) for p in run_dir.glob("epoch_*.pt") if (m := SNAPSHOT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def weights_only(payload: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A checkpoint payload cut down to the model and what rebuilds it (plus ``metrics``)."""
-    out = {k: payload[k] for k in WEIGHTS_KEYS if k in payload}
-    out["metrics"] = dict(metrics if metrics is not None else payload.get("metrics") or {})
-    return out
-
-
-def prune_snapshots(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` epoch snapshots."""
-    for old in snapshots(run_dir)[:-keep] if keep > 0 else snapshots(run_dir):
-        old.unlink(missing_ok=True)
 
 
 def _identity(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What two checkpoints must share to be averaged."""
-    from src.checkpoint import front_end, model_spec
-
     family, model_cfg = model_spec(ckpt)
     return {"family": family, "model sizes": model_cfg, "vocabulary": list(ckpt["vocab"]),
             "front end": tuple(front_end(ckpt))}

@@ -19,6 +19,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's preemption, ``timeout``, ``kill``): handled like Ctrl-C, work saved first."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for a one-line error."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 
 

@@ -99,7 +99,7 @@ def unzip(archive: Path, dest: Path) -> None:
 
 def submit(file: str | Path, message: str) -> None:
     """Check ``file`` as a submission, then upload it to the competition."""
-    from src.inference import check_submission
+    from src.submission import check_submission
 
     n_rows = check_submission(file)
     api = _api()

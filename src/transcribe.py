@@ -40,7 +40,7 @@ import numpy as np
 
 from src.config import DecodingConfig, add_config_args, load_config
 from src.data.features import load_audio, log_mel, speech_activity
-from src.errors import UserError, run_cli
+from src.errors import UserError, first_line, run_cli
 
 # torch and everything that imports it load inside the functions below: --help stays instant
 
@@ -54,7 +54,7 @@ _SOUNDFILE_SUFFIXES = frozenset(
 
 def _first_line(err: BaseException) -> str:
     """The cause of ``err`` in a few words, without the path soundfile repeats."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    text = first_line(err)
     if text.startswith("Error opening") and "': " in text:  # "Error opening 'x.wav': Format not recognised."
         text = text.split("': ", 1)[1]
     return text.rstrip(".") or type(err).__name__
@@ -139,14 +139,11 @@ def transcribe(
     file is read and checked before anything is decoded (UserError on the first unreadable one). ``on_no_speech(path, reason)`` is called for each
     file skipped for holding no speech (default: a warning line on stderr).
     """
-    from src.checkpoint import check_vocabulary, front_end, load_checkpoint, model_from_checkpoint
+    from src.checkpoint import load_for_decoding
     from src.data.dataset import collate
     from src.decoding import decode_batch
 
-    ckpt = load_checkpoint(checkpoint, map_location=device)
-    check_vocabulary(ckpt)
-    n_mels, normalize = front_end(ckpt)
-    model = model_from_checkpoint(ckpt, device)  # a broken checkpoint stops before any audio is read
+    model, (n_mels, normalize) = load_for_decoding(checkpoint, device)  # a broken file stops before any audio
     prepared = [_prepare(path, n_mels, normalize) for path in paths]
     for p in prepared:  # only once every file has been read: an error stays the only line
         if p.features is None and on_no_speech is not None:
@@ -177,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("no audio files given; usage: python transcribe.py CHECKPOINT audio.wav [more ...]")
     cfg = load_config(args.config, overrides)
     from src.distributed import choose_device
-    from src.lm import check_decoding_lm
+    from src.decoding.lm import check_decoding_lm
 
     check_decoding_lm(cfg.decoding)
 

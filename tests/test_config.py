@@ -12,13 +12,13 @@ from src.config import (
     DEFAULT_DATA_ROOT,
     Config,
     DataConfig,
-    LASConfig,
     add_config_args,
     dump_yaml,
     load_config,
     to_dict,
 )
 from src.errors import UserError
+from src.models.las import LASConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,7 +197,7 @@ def test_missing_or_broken_config_file(tmp_path):
 
 
 def test_family_config_round_trip_from_checkpoint_dict():
-    from src.models.registry import family_config_from_dict
+    from src.checkpoint import family_config_from_dict
 
     las = LASConfig(listener_hidden=96, ctc_head=False)
     assert family_config_from_dict("las", dataclasses.asdict(las), "ckpt") == las

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.config import SAMPLE_DATA_ROOT, DataConfig, load_config
+from src.config import DataConfig, load_config
+from src.data.layout import SAMPLE_DATA_ROOT
 from src.data import layout
 from src.data.check import check_data
 from src.data.dataset import (Batch, LengthBucketSampler, SpeechDataset, collate, loader_workers, make_loader,

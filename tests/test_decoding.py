@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.config import DecodingConfig, LASConfig, ModelConfig
+from src.config import DecodingConfig, ModelConfig
+from src.models.las import LASConfig
 from src.decoding import beam_search, decode_batch, greedy_decode, max_output_lengths, score_sequences
 from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.models import build_model

@@ -6,9 +6,9 @@ import torch
 
 from test_resume import assert_same_weights, final_weights, make_corpus
 
-from src.config import DS2Config
+from src.models.ds2 import DS2Config
 from src.models.ds2 import DeepSpeech2, ds2_output_lengths
-from src.models.recurrent import reverse_within_lengths
+from src.models.layers import reverse_within_lengths
 
 TINY = DS2Config(conv_channels=4, rnn_layers=2, rnn_hidden=8, dropout=0.0)
 

@@ -80,6 +80,22 @@ def test_toy_family_trains_resumes_and_decodes_through_the_entry_scripts(corpus,
     assert "best on dev-clean: decoding.lm_weight=" in tuned.stdout
 
 
+def test_the_toy_family_is_configured_from_its_own_yaml_section(corpus, tmp_path):
+    """config.yaml's model: section is built from the registry, so a family registered from outside
+    the package has a section of its own: bias false there gives a checkpoint and a model without it."""
+    config = tmp_path / "toy.yaml"
+    config.write_text("model:\n  family: toy_ctc\n  toy_ctc:\n    bias: false\n")
+    args = [a for a in toy_args(corpus, tmp_path / "y", "training.epochs=1") if not a.startswith("model.family")]
+    proc = run_script("train.py", "--config", str(config), *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "y" / "last.pt", weights_only=True)
+    assert ckpt["family"] == "toy_ctc" and ckpt["model_config"] == {"bias": False}
+    assert set(ckpt["model"]) == {"proj.weight"}
+    assert "toy_ctc:\n    bias: false" in (tmp_path / "y" / "config.yaml").read_text()
+    typo = run_script("train.py", "--config", str(config), *args, "model.toy_ctc.bais=true")
+    assert typo.returncode == 2 and "did you mean 'model.toy_ctc.bias'" in typo.stderr
+
+
 def test_a_model_without_decoders_is_one_line():
     from src.decoding import decode_encoded
     from src.config import DecodingConfig

@@ -11,7 +11,7 @@ import pytest
 
 from src import kaggle as kaggle_cli
 from src.errors import UserError
-from src.inference import write_submission
+from src.submission import write_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME")

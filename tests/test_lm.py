@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src.errors import UserError
-from src.lm import EVENTS, CharLMScorer, CharNgramLM
+from src.decoding.lm import EVENTS, CharLMScorer, CharNgramLM
 from src.vocab import EOS, PAD, SOS, TOKEN_TO_ID, VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from src.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from src.config import LASConfig, ModelConfig
+from src.config import ModelConfig
+from src.models.las import LASConfig
 from src.errors import UserError
 from src.models import build_model
 from src.models.interface import EncoderOutput

@@ -112,7 +112,7 @@ def test_overfit_trigger_latches_and_survives_a_resume(corpus, tmp_path, monkeyp
     """SpecAugment by the overfit trigger: off in epoch 1, latched at its end (the trigger is patched to
     fire), on in epoch 2; a Ctrl-C in epoch 2 and a resume give the same weights as a straight run,
     which they would not if last.pt lost the latch (the resumed batches would go unmasked)."""
-    import src.training.loop as training
+    import src.training.schedule as training
 
     overfit = ("training.specaugment.trigger=overfit", "training.specaugment.start=0",
                "training.specaugment.ramp=0")

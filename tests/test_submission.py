@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from src.checkpoint import save_checkpoint
-from src.config import Config, LASConfig, to_dict
+from src.config import Config, to_dict
+from src.models.las import LASConfig
 from src.errors import UserError
-from src.inference import check_submission, main, write_submission
+from src.inference import main
+from src.submission import check_submission, write_submission
 from src.metrics import levenshtein
 from src.models.las import LAS
 from src.vocab import VOCAB

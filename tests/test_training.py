@@ -97,7 +97,7 @@ def test_specaugment_masks_are_bands_within_real_frames():
     """The zeros of every utterance are exactly one band of frames (inside its real frames) and
     one band of bins, each at most strength x the configured width; strength 0 draws nothing."""
     from src.config import SpecAugmentConfig
-    from src.training.loop import SpecAugment
+    from src.data.augment import SpecAugment
 
     cfg = SpecAugmentConfig(freq_mask=5, n_freq_masks=1, time_mask=7, n_time_masks=1, freq_warp=0.0, time_stretch=0.0)
     augment = SpecAugment(cfg)
@@ -150,7 +150,7 @@ def test_frequency_warp_matches_vtlp_written_forwards():
     import numpy as np
 
     from src.config import SpecAugmentConfig
-    from src.training.loop import SpecAugment
+    from src.data.augment import SpecAugment
 
     torch.manual_seed(1)
     features = torch.randn(4, 9, 28)
@@ -177,7 +177,7 @@ def test_time_stretch_matches_numpy_interpolation():
     import numpy as np
 
     from src.config import SpecAugmentConfig
-    from src.training.loop import SpecAugment
+    from src.data.augment import SpecAugment
 
     torch.manual_seed(2)
     lens = torch.tensor([40, 17, 1, 33])
@@ -217,7 +217,7 @@ def test_perturbation_runs_apart_from_the_masks():
     bins are warped, but nothing is masked; at strength 0 and perturb 0 the batch passes untouched
     and no random number is drawn; perturb None follows strength, as before."""
     from src.config import SpecAugmentConfig
-    from src.training.loop import SpecAugment
+    from src.data.augment import SpecAugment
 
     augment = SpecAugment(SpecAugmentConfig(n_freq_masks=2, freq_mask=4, n_time_masks=2, time_mask=10,
                                             time_stretch=0.2, freq_warp=0.1))
@@ -263,7 +263,7 @@ def test_optimizer_is_adamw_with_no_decay_on_vectors():
     """make_optimizer against AdamW written out in float64 (Adam's moments and bias correction,
     decoupled weight decay on matrices only), over steps of random gradients."""
     from src.config import TrainingConfig
-    from src.training.loop import make_optimizer
+    from src.training.setup import make_optimizer
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4))
@@ -409,7 +409,7 @@ def test_final_check_makes_best_pt_whichever_weights_test_py_decodes_better(tmp_
     the brute-force edit distance; both orders are tried, so one must replace and one must keep."""
     import src.training.loop as training
     from src.checkpoint import load_checkpoint, model_from_checkpoint
-    from src.inference import decode_dataset
+    from src.decoding import decode_dataset
     from test_metrics import brute_force
 
     run = training.train(_tiny_cfg(tmp_path, "decoding.method=greedy"))
@@ -431,8 +431,7 @@ def test_final_check_makes_best_pt_whichever_weights_test_py_decodes_better(tmp_
         run.core.load_state_dict(weights[in_best])
         training.save_best(run, {"epoch": 1})
         run.core.load_state_dict(weights[final])
-        run.final_is_best = False
-        training.final_dev_report(run)
+        training.final_dev_report(run, final_is_best=False)
         expected = final if levs[final] < levs[in_best] else in_best
         best = model_from_checkpoint(load_checkpoint(run.run_dir / "best.pt")).state_dict()
         for k, v in weights[expected].items():
@@ -440,8 +439,7 @@ def test_final_check_makes_best_pt_whichever_weights_test_py_decodes_better(tmp_
     log = (run.run_dir / "train.log").read_text()
     assert log.count("(training.final_check)") == 2 and log.count("they are best.pt now") == 1
     # off, or when the last dev evaluation made best.pt: best.pt is not scored against anything
-    run.final_is_best = True
-    training.final_dev_report(run)
+    training.final_dev_report(run, final_is_best=True)
     assert (run.run_dir / "train.log").read_text().count("(training.final_check)") == 2
 
 
@@ -462,20 +460,21 @@ def test_bf16_autocast_on_cpu_trains_in_fp32_weights_close_to_fp32(tmp_path):
     gradients, weights and a trained run's checkpoint stay float32. fp16 asks for CUDA in one line.
     Needs a CPU whose oneDNN runs LSTMs in bf16 (AVX-512)."""
     import src.training.loop as training
+    from src.training import precision
     from src.training.evaluation import compute_loss
 
     cpu = torch.device("cpu")
-    assert training.autocast_dtype("bf16", cpu) is torch.bfloat16  # no model: nothing recurrent to refuse
-    assert training.autocast_dtype("auto", cpu) is None and training.autocast_dtype("none", cpu) is None
+    assert precision.autocast_dtype("bf16", cpu) is torch.bfloat16  # no model: nothing recurrent to refuse
+    assert precision.autocast_dtype("auto", cpu) is None and precision.autocast_dtype("none", cpu) is None
     with pytest.raises(UserError, match="training.amp=fp16 needs a CUDA GPU"):
-        training.autocast_dtype("fp16", cpu)
+        precision.autocast_dtype("fp16", cpu)
 
     batch, model = _batch_and_model()
     supported = _lstm_runs_in_bf16()
-    assert training.cpu_runs_bf16_recurrent() == supported
+    assert precision.cpu_runs_bf16_recurrent() == supported
     if not supported:
         pytest.skip("this CPU's oneDNN has no bf16 LSTM (AVX2 only): the refusal is tested below")
-    assert training.autocast_dtype("bf16", cpu, model) is torch.bfloat16
+    assert precision.autocast_dtype("bf16", cpu, model) is torch.bfloat16
     options = dict(teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25)
     reference = compute_loss(model, batch, **options).loss
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -497,20 +496,21 @@ def test_bf16_on_a_cpu_without_bf16_lstm_is_a_one_line_error(tmp_path, monkeypat
     stops with one line before the run folder is written; a model without recurrent layers is let
     through."""
     import src.training.loop as training
+    from src.training import precision
 
-    monkeypatch.setattr(training, "cpu_runs_bf16_recurrent", lambda: False)
+    monkeypatch.setattr(precision, "cpu_runs_bf16_recurrent", lambda: False)
     cpu = torch.device("cpu")
     with pytest.raises(UserError, match="cannot run LSTM/GRU layers in bfloat16"):
-        training.autocast_dtype("bf16", cpu, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GRU(2, 2)))
-    assert training.autocast_dtype("bf16", cpu, torch.nn.Linear(2, 2)) is torch.bfloat16
-    assert training.autocast_dtype("none", cpu, torch.nn.LSTM(2, 2)) is None
+        precision.autocast_dtype("bf16", cpu, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.GRU(2, 2)))
+    assert precision.autocast_dtype("bf16", cpu, torch.nn.Linear(2, 2)) is torch.bfloat16
+    assert precision.autocast_dtype("none", cpu, torch.nn.LSTM(2, 2)) is None
     with pytest.raises(UserError, match="use training.amp=none"):
         training.train(_tiny_cfg(tmp_path, "training.amp=bf16"))
     assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_out_of_memory_becomes_advice(tmp_path, monkeypatch):
-    import src.training.loop as training
+    import src.training.setup as training
 
     run = training.setup_run(_tiny_cfg(tmp_path))
 
@@ -595,7 +595,7 @@ def test_dev_decoder_follows_test_py_when_asked():
     """training.dev_decoder=test scores dev with exactly test.py's decoding settings; greedy
     keeps every setting but the method."""
     from src.config import load_config
-    from src.training.loop import dev_decoding
+    from src.training.report import dev_decoding
 
     cfg = load_config(None, ["decoding.beam_size=7", "decoding.ctc_weight=0.4"])
     assert dev_decoding(cfg).method == "greedy" and dev_decoding(cfg).ctc_weight == 0.4

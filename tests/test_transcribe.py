@@ -16,7 +16,8 @@ import soundfile as sf
 import torch
 
 from src.checkpoint import save_checkpoint
-from src.config import Config, DecodingConfig, LASConfig, ModelConfig, to_dict
+from src.config import Config, DecodingConfig, ModelConfig, to_dict
+from src.models.las import LASConfig
 from src.corpus import prepare as prep
 from src.data.dataset import SpeechDataset, collate
 from src.decoding import decode_batch

@@ -5,7 +5,7 @@ import torch
 
 from test_resume import assert_same_weights, final_weights, make_corpus
 
-from src.config import TransformerConfig
+from src.models.transformer import TransformerConfig
 from src.decoding import beam_search, greedy_decode
 from src.models.transformer import FullPrefixSteps as FullPrefix
 from src.models.transformer import Transformer, transformer_output_lengths

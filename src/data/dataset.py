@@ -202,6 +202,25 @@ class SpeechDataset(Dataset):
 # Batches
 
 
+class SubsetDataset(Dataset):
+    """Some utterances of a SpeechDataset, keeping ``frame_lengths``/``names`` for the sampler."""
+
+    def __init__(self, dataset, indices: np.ndarray):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.frame_lengths = np.asarray(dataset.frame_lengths)[self.indices]
+        self.names = [dataset.names[i] for i in self.indices]
+        self.has_transcripts = dataset.has_transcripts
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        item = dict(self.dataset[int(self.indices[i])])
+        item["index"] = i
+        return item
+
+
 @dataclass
 class Batch:
     """A padded batch. Masks come from the lengths, never from the pad values.

@@ -1,6 +1,6 @@
 """What is on disk: partitions, the data root, utterance lists, ``.npy`` files.
 
-    data/11-785-f23-hw4p2/                 (config.DEFAULT_DATA_ROOT)
+    data/11-785-f23-hw4p2/                 (DEFAULT_DATA_ROOT)
       train-clean-100/mfcc/*.npy           features (T, D), one file per utterance
       train-clean-100/transcripts/*.npy    ['<sos>', 'H', 'I', '<eos>'], same file names
       train-clean-360/...                  same
@@ -24,9 +24,11 @@ import numpy as np
 from numpy.lib import format as npy_format
 from tqdm import tqdm
 
-from src.config import DEFAULT_DATA_ROOT, SAMPLE_DATA_ROOT
 from src.errors import UserError
 from src.vocab import ALLOWED_CHARACTERS
+
+DEFAULT_DATA_ROOT = "data/11-785-f23-hw4p2"  # where the competition zip unpacks
+SAMPLE_DATA_ROOT = "data/sample"  # the bundled sample, used when the competition data is absent
 
 FEATURES_DIR = "mfcc"
 TRANSCRIPTS_DIR = "transcripts"

@@ -66,7 +66,7 @@ def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
     if ctc_weight > 0.0:
         scorers.append((ctc_weight, ctc_prefix_scorer))
     if decoding_cfg.lm_weight > 0.0:
-        from src.lm import CharLMScorer, load_lm
+        from src.decoding.lm import CharLMScorer, load_lm
 
         lm = load_lm(decoding_cfg.lm)
         scorers.append((decoding_cfg.lm_weight, lambda enc: CharLMScorer(lm, enc.lens.shape[0])))
@@ -125,7 +125,7 @@ def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, de
         else:
             fusion = {}
             if decoding_cfg.lm_weight > 0.0:
-                from src.lm import load_packed_lm
+                from src.decoding.lm import load_packed_lm
 
                 fusion = {"lm": load_packed_lm(decoding_cfg.lm), "lm_weight": decoding_cfg.lm_weight}
             ids = ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size,
@@ -148,3 +148,8 @@ def decode_batch(model, batch, decoding_cfg) -> list[str]:
         return [ids_to_text(ids) for ids in decode_encoded(model, encoded, feature_lens, decoding_cfg)]
     finally:
         model.train(was_training)
+
+
+from src.decoding.dataset import decode_dataset, decoding_description  # noqa: E402 (it calls decode_batch)
+
+__all__ += ["decode_dataset", "decoding_description"]

@@ -34,13 +34,16 @@ length_bonus 0 this is the plain search.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from src.decoding.ngram import NO_LM, PackedLM, lm_log_prob
+from src.threads import keep_torch_threads
+from src.vocab import EOS, PAD, SOS
 
-BLANK = 0
-NEVER_EMITTED = (1, 2)  # <sos>, <eos>
+BLANK = PAD  # the CTC blank is <pad>, id 0
 NEG_INF = -np.inf
 
 
@@ -57,18 +60,11 @@ def _as_numpy(log_probs, lens) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _with_torch_threads(fn):
-    """numba's OpenMP layer can reset torch's thread count: put it back after the call."""
+    """``fn`` run under :func:`src.threads.keep_torch_threads` (its numba kernels reset torch's threads)."""
+    @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a requirement
+        with keep_torch_threads():
             return fn(*args, **kwargs)
-        threads = torch.get_num_threads()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
     return wrapped
 
 
@@ -162,7 +158,7 @@ def _decode_one(lp: np.ndarray, n_frames: int, beam: int, top_k: int, prune: flo
         best_label_lp = NEG_INF
         for i in range(vocab):
             c = order[i]
-            if c == BLANK or c == 1 or c == 2:
+            if c == BLANK or c == SOS or c == EOS:  # never emitted
                 continue
             if best_label_lp == NEG_INF:
                 best_label_lp = row[c]

@@ -22,17 +22,48 @@ within its own length. So an utterance decodes the same alone or in any batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.config import DS2Config
+from src.errors import UserError
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
 from src.models.losses import ctc_loss
-from src.models.recurrent import reverse_within_lengths
+from src.models.layers import BiRecurrent, MaskedBatchNorm, zero_beyond_lengths
 from src.models.registry import Family, register_family
 
 CONV_KERNEL = (11, 11)  # (time, frequency)
+
+
+@dataclass
+class DS2Config:
+    """DeepSpeech2's sizes (``model.ds2``): conv front end, bidirectional GRUs, CTC; about 3.6M parameters.
+    Time reduction 4 gives 25 frames/s, room for LibriSpeech's ~15 characters/s and a blank between
+    doubled letters."""
+
+    conv_channels: int = 32  # channels of both Conv2d layers (kernel 11x11 over time x frequency)
+    time_reduction: int = 4  # 2 | 4: T' = ceil(T / time_reduction) frames of CTC output
+    rnn_type: str = "gru"  # gru | lstm
+    rnn_layers: int = 3  # recurrent layers, each with sequence-wise batch norm before it
+    rnn_hidden: int = 256  # H of each direction
+    dropout: float = 0.1  # before each recurrent layer and the output layer
+    bidirectional: bool = True  # false: forward-only layers (streamable), with a lookahead convolution
+    lookahead: int = 0  # unidirectional only: frames of future context (row convolution; 0 = none)
+
+    def __post_init__(self) -> None:
+        if self.lookahead < 0:
+            raise UserError(f"config: 'model.ds2.lookahead' must be at least 0; got {self.lookahead}")
+        if self.bidirectional and self.lookahead:
+            raise UserError("config: 'model.ds2.lookahead' is for a unidirectional model; set "
+                            "model.ds2.bidirectional=false or model.ds2.lookahead=0")
+        if self.time_reduction not in (2, 4):
+            raise UserError(f"config: 'model.ds2.time_reduction' must be 2 or 4; got {self.time_reduction}")
+        if self.rnn_type not in ("gru", "lstm"):
+            raise UserError(f"config: 'model.ds2.rnn_type' must be gru or lstm; got '{self.rnn_type}'")
+        if min(self.conv_channels, self.rnn_layers, self.rnn_hidden) < 1:
+            raise UserError("config: 'model.ds2.conv_channels', 'rnn_layers' and 'rnn_hidden' must be at least 1")
 
 
 def ds2_output_lengths(lengths, time_reduction: int):
@@ -42,50 +73,6 @@ def ds2_output_lengths(lengths, time_reduction: int):
     """
     out = (lengths - 1) // 2 + 1
     return (out - 1) // (time_reduction // 2) + 1
-
-
-class MaskedBatchNorm(nn.BatchNorm1d):
-    """Batch norm over the feature dimension whose statistics count real frames only.
-
-    x (B, T, F) with mask (B, T) -> (B, T, F), zero beyond the mask. Eval mode uses the
-    running statistics, as nn.BatchNorm1d does.
-    """
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        if self.training:
-            count = weights.sum().clamp(min=1.0)
-            mean = (x * weights).sum(dim=(0, 1)) / count  # (F,)
-            var = (((x - mean) ** 2) * weights).sum(dim=(0, 1)) / count  # biased, for normalising
-            with torch.no_grad():
-                unbiased = var * count / (count - 1).clamp(min=1.0)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
-                self.num_batches_tracked += 1
-        else:
-            mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
-        y = (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
-        return y * weights
-
-
-class BiRecurrent(nn.Module):
-    """A GRU/LSTM layer without packing: the forward direction over the padded batch (padding
-    follows the real frames), the backward one (when bidirectional) over each utterance reversed
-    in its length."""
-
-    def __init__(self, input_dim: int, hidden: int, rnn_type: str, bidirectional: bool = True):
-        super().__init__()
-        cell = nn.GRU if rnn_type == "gru" else nn.LSTM
-        self.forward_rnn = cell(input_dim, hidden, batch_first=True)
-        self.backward_rnn = cell(input_dim, hidden, batch_first=True) if bidirectional else None
-
-    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """x (B, T, F), lens (B,) -> (B, T, 2H), or (B, T, H) when unidirectional."""
-        fwd, _ = self.forward_rnn(x)  # (B, T, H)
-        if self.backward_rnn is None:
-            return fwd
-        bwd, _ = self.backward_rnn(reverse_within_lengths(x, lens))  # (B, T, H), reversed time
-        return torch.cat([fwd, reverse_within_lengths(bwd, lens)], dim=2)  # (B, T, H) + (B, T, H) -> (B, T, 2H)
 
 
 class Lookahead(nn.Module):
@@ -120,10 +107,10 @@ class DeepSpeech2(nn.Module):
         self.cfg = cfg
         pad = (CONV_KERNEL[0] // 2, CONV_KERNEL[1] // 2)
         self.conv1 = nn.Conv2d(1, cfg.conv_channels, CONV_KERNEL, stride=(2, 2), padding=pad, bias=False)
-        self.norm1 = nn.BatchNorm2d(cfg.conv_channels)
+        self.norm1 = MaskedBatchNorm(cfg.conv_channels)
         self.conv2 = nn.Conv2d(cfg.conv_channels, cfg.conv_channels, CONV_KERNEL,
                                stride=(cfg.time_reduction // 2, 1), padding=pad, bias=False)
-        self.norm2 = nn.BatchNorm2d(cfg.conv_channels)
+        self.norm2 = MaskedBatchNorm(cfg.conv_channels)
         conv_dim = cfg.conv_channels * ((n_mels - 1) // 2 + 1)
         rnn_out = (2 if cfg.bidirectional else 1) * cfg.rnn_hidden
         self.rnn_norms = nn.ModuleList(
@@ -138,32 +125,18 @@ class DeepSpeech2(nn.Module):
     def output_lengths(self, feature_lens: torch.Tensor) -> torch.Tensor:
         return ds2_output_lengths(feature_lens, self.cfg.time_reduction)
 
-    def _conv_block(self, x: torch.Tensor, lens: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d,
+    def _conv_block(self, x: torch.Tensor, lens: torch.Tensor, conv: nn.Conv2d, norm: MaskedBatchNorm,
                     time_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, T, F) zero beyond lens -> conv, masked batch norm, clipped ReLU: (B, C', T/s, F')."""
         x = conv(x)
         lens = (lens - 1) // time_stride + 1
-        mask = lengths_to_mask(lens, x.size(2))  # (B, T/s)
         per_frame = x.permute(0, 2, 3, 1)  # (B, C, T, F) -> (B, T, F, C): statistics per channel
-        weights = mask[:, :, None, None].to(x.dtype)  # (B, T, 1, 1)
-        if self.training:
-            count = (weights.sum() * per_frame.size(2)).clamp(min=1.0)
-            mean = (per_frame * weights).sum(dim=(0, 1, 2)) / count  # (C,)
-            var = (((per_frame - mean) ** 2) * weights).sum(dim=(0, 1, 2)) / count
-            with torch.no_grad():
-                norm.running_mean.lerp_(mean.detach(), norm.momentum)
-                norm.running_var.lerp_((var * count / (count - 1).clamp(min=1.0)).detach(), norm.momentum)
-                norm.num_batches_tracked += 1
-        else:
-            mean, var = norm.running_mean, norm.running_var
-        per_frame = (per_frame - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
-        per_frame = F.hardtanh(per_frame, 0.0, 20.0) * weights
+        per_frame = F.hardtanh(norm(per_frame, lengths_to_mask(lens, x.size(2))), 0.0, 20.0)  # zero beyond lens
         return per_frame.permute(0, 3, 1, 2), lens  # (B, T, F, C) -> (B, C, T, F)
 
     def encode(self, features: torch.Tensor, feature_lens: torch.Tensor) -> EncoderOutput:
         """features (B, T, D), feature_lens (B,) -> CTC log-probs (B, T', V) with lens (B,)."""
-        x = features * lengths_to_mask(feature_lens, features.size(1)).unsqueeze(-1).to(features.dtype)
-        x = x.unsqueeze(1)  # (B, T, D) -> (B, 1, T, D)
+        x = zero_beyond_lengths(features, feature_lens).unsqueeze(1)  # (B, T, D) -> (B, 1, T, D)
         x, lens = self._conv_block(x, feature_lens, self.conv1, self.norm1, 2)  # -> (B, C, T/2, D/2)
         x, lens = self._conv_block(x, lens, self.conv2, self.norm2, self.cfg.time_reduction // 2)  # -> (B, C, T', D/2)
         x = x.permute(0, 2, 1, 3).flatten(2)  # (B, C, T', F) -> (B, T', C, F) -> (B, T', C*F)
@@ -189,4 +162,4 @@ class DeepSpeech2(nn.Module):
 
 register_family(Family("ds2", DS2Config, lambda cfg, n_mels, vocab_size: DeepSpeech2(n_mels, vocab_size, cfg)))
 
-__all__ = ["BiRecurrent", "DeepSpeech2", "Lookahead", "MaskedBatchNorm", "ds2_output_lengths"]
+__all__ = ["DS2Config", "DeepSpeech2", "Lookahead", "ds2_output_lengths"]

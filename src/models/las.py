@@ -27,19 +27,47 @@ The family interface (src/models/interface.py), as LAS fills it:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.config import LASConfig
+from src.errors import UserError
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
 from src.models.losses import attention_cross_entropy, ctc_loss, guided_attention_loss
-from src.models.recurrent import bidirectional_within_lengths
+from src.models.layers import rnn_within_lengths, zero_beyond_lengths
 from src.models.registry import Family, register_family
 
 State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context), all batch-first
+
+
+@dataclass
+class LASConfig:
+    """Listen, Attend and Spell's sizes (``model.las``). The defaults (3.4M parameters) learn fast on a
+    CPU; the paper's listener is conv_stride 1, listener_layers 3, ctc_layer 2, wider layers."""
+
+    conv_channels: int = 128  # Conv1d front end output channels
+    conv_stride: int = 2  # Conv1d front end stride; T' = ceil(T / stride / 2**listener_layers)
+    listener_hidden: int = 192  # H of each BLSTM direction
+    listener_layers: int = 2  # pyramidal BLSTM layers, each halving T
+    locked_dropout: float = 0.1  # dropout between listener layers, one mask per utterance
+    attention_dim: int = 128  # A: key/value/query size
+    embedding_dim: int = 128  # character embedding size E (tied to the output layer)
+    speller_hidden: int = 256  # hidden size of each of the two speller LSTMs
+    input_feeding: bool = False  # true: the first speller LSTM also reads the previous context (slower)
+    speller_dropout: float = 0.1  # dropout inside the speller
+    tie_weights: bool = True  # the character distribution shares the embedding matrix
+    ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
+    ctc_layer: int = 1  # pBLSTM layer (1..listener_layers) feeding the CTC head
+
+    def __post_init__(self) -> None:
+        if self.conv_stride < 1:
+            raise UserError(f"config: 'model.las.conv_stride' must be at least 1; got {self.conv_stride}")
+        if self.ctc_head and not 1 <= self.ctc_layer <= self.listener_layers:
+            raise UserError(f"config: 'model.las.ctc_layer' must be in 1..{self.listener_layers} "
+                            f"(model.las.listener_layers); got {self.ctc_layer}")
 
 
 def listener_output_lengths(lengths, conv_stride: int, n_layers: int):
@@ -105,7 +133,7 @@ class pBLSTM(nn.Module):
             x = F.pad(x, (0, 0, 0, 1))  # (B, T, F) -> (B, T+1, F), zero frame at the end
         x = x.reshape(batch, x.size(1) // 2, 2 * dim)  # (B, T, F) -> (B, T/2, 2F)
         lens = listener_output_lengths(lens, 1, 1)
-        return bidirectional_within_lengths(self.lstm, x, lens), lens  # (B, T/2, 2F) -> (B, T/2, 2H)
+        return rnn_within_lengths(self.lstm, x, lens), lens  # (B, T/2, 2F) -> (B, T/2, 2H)
 
 
 class Listener(nn.Module):
@@ -139,11 +167,11 @@ class Listener(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """features (B, T, D), lens (B,) -> out (B, T', 2H), lens (B,), and the
         output of layer ``ctc_layer`` (B, T'', 2H) with its lens (None when 0)."""
-        x = features * lengths_to_mask(lens, features.size(1)).unsqueeze(-1).to(features.dtype)
+        x = zero_beyond_lengths(features, lens)
         x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, D) -> (B, D, T) -> (B, C, T/s) -> (B, T/s, C)
         lens = listener_output_lengths(lens, self.conv_stride, 0)
         x = F.gelu(self.norm(x))
-        x = x * lengths_to_mask(lens, x.size(1)).unsqueeze(-1).to(x.dtype)  # zero beyond lens
+        x = zero_beyond_lengths(x, lens)
         ctc_x = ctc_lens = None
         for i, layer in enumerate(self.layers):
             x, lens = layer(self.dropout(x), lens)  # (B, T, F) -> (B, T/2, 2H)
@@ -416,10 +444,9 @@ class LAS(nn.Module):
         return LossOutput(loss, parts, encoded, attn)
 
 
-register_family(Family("las", LASConfig, lambda cfg, n_mels, vocab_size: LAS(n_mels, vocab_size, cfg),
-                       older_defaults={"input_feeding": True}))  # checkpoints from before the setting fed context
+register_family(Family("las", LASConfig, lambda cfg, n_mels, vocab_size: LAS(n_mels, vocab_size, cfg)))
 
 
 __all__ = [
-    "Attention", "LAS", "Listener", "LockedDropout", "Speller", "State", "listener_output_lengths", "pBLSTM",
+    "Attention", "LAS", "LASConfig", "Listener", "LockedDropout", "Speller", "State", "listener_output_lengths", "pBLSTM",
 ]

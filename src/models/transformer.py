@@ -39,19 +39,50 @@ relative positions.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.config import TransformerConfig
-from src.models.ds2 import MaskedBatchNorm
+from src.errors import UserError
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
+from src.models.layers import MaskedBatchNorm, zero_beyond_lengths
 from src.models.losses import attention_cross_entropy, ctc_loss
 from src.models.registry import Family, register_family
 
 State = tuple[torch.Tensor, ...]  # (k_1, v_1, .., k_L, v_L) self-attention caches, each (N, t, d)
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer / Conformer encoder-decoder sizes (``model.transformer``); about 3.7M parameters at
+    the defaults."""
+
+    block: str = "conformer"  # conformer | transformer: the encoder's blocks
+    d_model: int = 144  # width of every layer
+    heads: int = 4  # attention heads (d_model must divide by it)
+    ffn_dim: int = 576  # hidden width of the feed-forward nets
+    encoder_layers: int = 6  # encoder blocks, after Conv2d subsampling by 4
+    decoder_layers: int = 2  # decoder layers (self-attention, cross-attention, feed-forward)
+    conv_kernel: int = 15  # conformer: depthwise convolution kernel over time (odd)
+    front_end_channels: int = 64  # channels of the two stride-2 Conv2d layers
+    dropout: float = 0.1  # attention, feed-forward and embedding dropout
+
+    def __post_init__(self) -> None:
+        if self.block not in ("conformer", "transformer"):
+            raise UserError(f"config: 'model.transformer.block' must be conformer or transformer; got '{self.block}'")
+        if min(self.d_model, self.heads, self.ffn_dim, self.encoder_layers, self.decoder_layers,
+               self.front_end_channels) < 1:
+            raise UserError("config: 'model.transformer' sizes and layer counts must be at least 1")
+        if self.d_model % self.heads:
+            raise UserError(f"config: 'model.transformer.d_model' ({self.d_model}) must be a multiple of "
+                            f"'model.transformer.heads' ({self.heads})")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise UserError(f"config: 'model.transformer.conv_kernel' must be odd; got {self.conv_kernel}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config: 'model.transformer.dropout' must be in [0, 1); got {self.dropout}")
 
 
 def transformer_output_lengths(lengths, subsampling: int = 4):
@@ -208,7 +239,7 @@ class Transformer(nn.Module):
 
     def _subsample(self, features: torch.Tensor, feature_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, T, D) -> (B, T', d) zero beyond the new lens (B,)."""
-        x = features * lengths_to_mask(feature_lens, features.size(1)).unsqueeze(-1).to(features.dtype)
+        x = zero_beyond_lengths(features, feature_lens)
         x = x.unsqueeze(1)  # (B, T, D) -> (B, 1, T, D)
         lens = feature_lens
         for conv in (self.conv1, self.conv2):
@@ -315,4 +346,4 @@ class FullPrefixSteps(nn.Module):
 register_family(Family("transformer", TransformerConfig,
                        lambda cfg, n_mels, vocab_size: Transformer(n_mels, vocab_size, cfg)))
 
-__all__ = ["ConformerBlock", "FullPrefixSteps", "Transformer", "TransformerBlock", "sinusoids", "transformer_output_lengths"]
+__all__ = ["TransformerConfig", "ConformerBlock", "FullPrefixSteps", "Transformer", "TransformerBlock", "sinusoids", "transformer_output_lengths"]

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from src.atomic import atomic_write
+from src.threads import keep_torch_threads
+from src.training.precision import autocast
 from src.vocab import decode
 
 
@@ -65,7 +67,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, options: dict, h
         hook.dev_begin()
     for batch in rng_neutral_iter(loader):
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             out = compute_loss(model, batch, **options)
             ids = decode_encoded(model, out.encoded, batch.feature_lens, decoding)
         b = len(batch)
@@ -87,10 +89,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, options: dict, h
     model.train(was_training)
     if n:
         result.loss = loss_sum / n
-        threads = torch.get_num_threads()
-        result.lev = mean_levenshtein(hyps, refs)
-        result.cer = cer(hyps, refs)
-        torch.set_num_threads(threads)  # numba's OpenMP layer resets torch's thread count
+        with keep_torch_threads():
+            result.lev = mean_levenshtein(hyps, refs)
+            result.cer = cer(hyps, refs)
         result.utterances = n
     for hook in hooks:
         result.hook_metrics.update(hook.dev_end())

@@ -10,6 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from src.config import Config, to_dict
+from src.errors import first_line
 
 
 class WarnOnce:
@@ -55,7 +56,7 @@ class RunLog:
             )
         except Exception as err:  # no account, no network, broken install: train anyway
             self.wandb = None
-            first = (str(err).splitlines() or [type(err).__name__])[0]
+            first = first_line(err)
             self.warn("wandb", f"wandb ({cfg.logging.wandb}) unavailable, continuing without it: {first}")
 
     def line(self, text: str, console: bool = True) -> None:

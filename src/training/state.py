@@ -21,14 +21,12 @@ import torch
 from torch import nn
 
 from src import distributed as dist_utils
-from src.average import SNAPSHOT, prune_snapshots
-from src.checkpoint import model_spec, save_checkpoint
+from src.checkpoint import SNAPSHOT, model_payload, model_spec, prune_snapshots, save_checkpoint
 from src.config import Config, to_dict
 from src.errors import UserError
 from src.models.registry import family_config
-from src.schedules import PlateauState, cosine_lr, plateau_lr, wsd_lr
+from src.schedules import PlateauState
 from src.training.runlog import RunLog, WarnOnce
-from src.vocab import VOCAB
 
 # --------------------------------------------------------------------------
 # Random number generators
@@ -41,7 +39,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain values (a checkpoint loads with weights_only)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                   "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -49,7 +51,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         try:
@@ -94,11 +98,8 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, saved: dict) -> "TrainState":
-        """A TrainState from last.pt, including those written before hooks existed."""
+        """A TrainState from last.pt's ``train_state`` (src/compat.py has brought old ones up to date)."""
         saved = dict(saved)
-        if "teacher_forcing" in saved:  # written by the LAS-only loop: its attention state moves to hooks
-            saved["hooks"] = {"attention": {"teacher_forcing": saved.pop("teacher_forcing"),
-                                            "aligned": bool(saved.pop("aligned", False))}}
         saved["epoch_sums"] = {**new_epoch_sums(), **saved.get("epoch_sums", {})}
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in known})
@@ -127,10 +128,6 @@ class Run:
     specaugment: nn.Module | None = None
     session_start: float = field(default_factory=time.monotonic)
     minutes_at_start: float = 0.0
-    last_save: float = field(default_factory=time.monotonic)
-    rng_at_batch_start: dict | None = None
-    saved_on_interrupt: bool = False
-    final_is_best: bool = False  # the last dev evaluation made best.pt (training.final_check)
 
     @property
     def core(self) -> nn.Module:
@@ -160,36 +157,14 @@ class Run:
         self.state.hooks = {hook.name: hook.state for hook in self.hooks}
 
 
-def lr_for_step(run: Run, step: int, elapsed_minutes: float) -> float:
-    t = run.cfg.training
-    if t.scheduler == "plateau":
-        return plateau_lr(step, PlateauState(**run.state.plateau), base_lr=t.lr, min_lr=t.min_lr,
-                          warmup_steps=t.warmup_steps)
-    time_fraction = elapsed_minutes / t.max_minutes if (t.anneal_by_time and t.max_minutes > 0) else 0.0
-    if t.scheduler == "wsd":
-        return wsd_lr(step, base_lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, total_steps=run.total_steps,
-                      decay_fraction=t.decay_fraction, time_fraction=time_fraction)
-    return cosine_lr(step, base_lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps,
-                     total_steps=run.total_steps, time_fraction=time_fraction)
-
-
 # --------------------------------------------------------------------------
 # Checkpoints
 
 
-def model_payload(run: Run) -> dict[str, Any]:
-    """The weights and what rebuilds the model from them (src/average.py's WEIGHTS_KEYS): the family
-    and its config, the front end, the vocabulary and the run's config."""
+def run_model_payload(run: Run) -> dict[str, Any]:
+    """The checkpoint's weights part (src/checkpoint.py: WEIGHTS_KEYS) for this run's model."""
     cfg = run.cfg
-    return {
-        "model": run.core.state_dict(),
-        "family": cfg.model.family,
-        "model_config": dataclasses.asdict(family_config(cfg.model)),
-        "front_end": {"n_mels": cfg.data.n_mels, "normalize": cfg.data.normalize},
-        "n_mels": cfg.data.n_mels,
-        "vocab": list(VOCAB),
-        "config": to_dict(cfg),
-    }
+    return model_payload(run.core, cfg.model.family, family_config(cfg.model), cfg.data, to_dict(cfg))
 
 
 def checkpoint_payload(run: Run, metrics: dict[str, float] | None = None, rng: dict | None = None) -> dict[str, Any]:
@@ -197,7 +172,7 @@ def checkpoint_payload(run: Run, metrics: dict[str, float] | None = None, rng: d
     run.sync_hook_state()
     cfg = run.cfg
     return {
-        **model_payload(run),
+        **run_model_payload(run),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": {"kind": cfg.training.scheduler, "plateau": dict(run.state.plateau),
                       "total_steps": run.total_steps},
@@ -212,7 +187,6 @@ def save_last(run: Run, metrics: dict[str, float] | None = None, rng: dict | Non
     if run.info.is_main:
         run.state.elapsed_minutes = run.elapsed_minutes()
         save_checkpoint(run.run_dir / "last.pt", checkpoint_payload(run, metrics, rng))
-    run.last_save = time.monotonic()
 
 
 def save_best(run: Run, metrics: dict[str, float]) -> None:
@@ -225,7 +199,7 @@ def save_snapshot(run: Run, epoch: int, metrics: dict[str, float]) -> None:
     budget), for checkpoint averaging; only the newest training.keep_epochs are kept."""
     keep = run.cfg.training.keep_epochs
     if run.info.is_main and keep > 0:
-        save_checkpoint(run.run_dir / SNAPSHOT.format(epoch), {**model_payload(run), "metrics": metrics})
+        save_checkpoint(run.run_dir / SNAPSHOT.format(epoch), {**run_model_payload(run), "metrics": metrics})
         prune_snapshots(run.run_dir, keep)
 
 
