@@ -3,7 +3,7 @@ two checkouts and compare every tensor of the final weights.
 
     python bench/bench_identical.py OLD_CHECKOUT NEW_CHECKOUT [--out /tmp/identical]
 
-Runs, in each checkout, ``python train.py model.family=F training.epochs=E`` (LAS 2 epochs, DS2 and
+Runs, in each checkout, ``python train.py [--preset=none] model.family=F training.epochs=E`` (LAS 2 epochs, DS2 and
 the Conformer 1) on CPU with 2 threads, no final check, and prints per family how many tensors of
 last.pt's model are equal bit for bit. Exit 1 when any differs.
 """
@@ -25,6 +25,8 @@ def train(checkout: Path, out: Path, family: str, epochs: int) -> Path:
     args = [sys.executable, "train.py", f"model.family={family}", f"training.epochs={epochs}",
             "logging.wandb=disabled", f"logging.run_dir={run_dir}", "training.final_check=false",
             "data.num_workers=0", "training.device=cpu", "training.resume=false"]
+    if "--preset" in (checkout / "train.py").read_text():
+        args.insert(2, "--preset=none")  # config.yaml's settings alone, as before presets existed
     env = dict(os.environ, OMP_NUM_THREADS="2")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{family}.log", "w") as log:

@@ -103,6 +103,8 @@ class TrainingConfig:
     checkpoint_every_minutes: float = 30.0  # also write last.pt this often mid-epoch; 0 = per epoch only
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall-clock budget; 0 = none
     resume: bool = True  # continue from run_dir/last.pt when it exists
+    resume_from: str = ""  # continue from this checkpoint instead (any path, e.g. an uploaded last.pt)
+    resume_changed: bool = False  # resume although settings changed since the checkpoint (they are listed)
     dev_max_utterances: int = 0  # score only this many dev utterances each epoch; 0 = all
     dev_decoder: str = "greedy"  # greedy (fast) | test: score dev and pick best.pt with test.py's decoder
     final_check: bool = True  # at the end: final weights become best.pt if test.py's decoder prefers them
@@ -286,21 +288,81 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | None = None) -> Config:
-    """Read ``path`` (None: defaults only), apply ``key=value`` overrides, validate."""
+def _read_yaml(p: Path) -> dict:
+    """A YAML file as a mapping (UserError naming the file, line and column when it is not valid YAML)."""
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found; pass --config PATH or run from the repository root")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{p}{where}: not valid YAML ({what}); fix that line") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{p}: expected a mapping of sections (data:, model:, training: ...), got {tree!r}")
+    return tree
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``over``'s keys on top of ``base``'s, section by section."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# --------------------------------------------------------------------------
+# Presets: complete training recipes in configs/NAME.yaml, applied over config.yaml
+
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def choose_preset(name: str, path: str | Path | None, overrides: list[str] | None) -> tuple[str, str]:
+    """(preset to apply, why): ``auto`` picks ``gpu-<family>`` with a CUDA GPU, else ``cpu-<family>``
+    (the family from the command line, else the config file, else las); ``none`` applies none."""
+    if name == "none":
+        return "none", "--preset none: the config file alone"
+    if name != "auto":
+        if name not in preset_names():
+            raise UserError(f"--preset {name}: no such preset; choose one of {', '.join(preset_names())} "
+                            f"(files in {PRESETS_DIR}) or none")
+        return name, "asked for"
+    family = dict(parse_overrides(overrides or [])).get("model.family")
+    if family is None and path is not None and Path(path).is_file():
+        family = (_read_yaml(Path(path)).get("model") or {}).get("family")
+    family = family or "las"
+    import torch
+
+    kind, why = ("gpu", "a CUDA GPU was found") if torch.cuda.is_available() else ("cpu", "no CUDA GPU")
+    chosen = f"{kind}-{family}"
+    if chosen not in preset_names():
+        return "none", f"{why}, and there is no preset {chosen}: the config file alone"
+    return chosen, f"{why}; --preset none keeps the config file alone"
+
+
+def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | None = None,
+                preset: str = "none") -> Config:
+    """Read ``path`` (None: defaults only), apply preset ``preset`` (configs/NAME.yaml; ``none``: none)
+    on top of it and the ``key=value`` overrides on top of that, validate. Each layer's keys and types
+    are checked with its own name in the error."""
     tree: dict = {}
     source = str(path) if path is not None else "defaults"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: config file not found; pass --config PATH or run from the repository root")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-            what = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise UserError(f"{p}{where}: not valid YAML ({what}); fix that line") from None
+        tree = _read_yaml(Path(path))
+        _build(Config, tree, "", source)
+    if preset != "none":
+        preset_path = PRESETS_DIR / f"{preset}.yaml"
+        if not preset_path.is_file():
+            raise UserError(f"--preset {preset}: no such preset; choose one of {', '.join(preset_names())} or none")
+        preset_tree = _read_yaml(preset_path)
+        _build(Config, preset_tree, "", str(preset_path))
+        tree = _merge(tree, preset_tree)
     valid = set(_all_keys(Config))
     for key, value in parse_overrides(overrides or []):
         if key not in valid:
@@ -397,9 +459,13 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def add_config_args(parser) -> None:
-    """``--config PATH`` and trailing ``key=value`` overrides for an argparse parser."""
+def add_config_args(parser, presets: bool = False) -> None:
+    """``--config PATH`` (and ``--preset NAME`` for training) and trailing ``key=value`` overrides."""
     parser.add_argument("--config", default="config.yaml", help="YAML config file (default: config.yaml)")
+    if presets:
+        parser.add_argument("--preset", default="auto",
+                            help="a training recipe from configs/ applied over the config file: auto (gpu-FAMILY "
+                                 "with a CUDA GPU, else cpu-FAMILY), none, or a name, e.g. gpu-las")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. training.lr=3e-4")
 
 

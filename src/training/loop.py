@@ -29,7 +29,8 @@ import torch
 from tqdm import tqdm
 
 from src import distributed as dist_utils
-from src.config import Config
+from src.atomic import write_text_atomic
+from src.config import Config, dump_yaml
 from src.errors import Terminated
 from src.schedules import PlateauState, plateau_update
 from src.training.evaluation import DevResult, compute_loss, save_attention_png
@@ -271,6 +272,8 @@ def train(cfg: Config) -> Run:
             if t.max_minutes > 0 and state.elapsed_minutes >= t.max_minutes:
                 run.log.line(f"nothing to do: the run has used its budget training.max_minutes={t.max_minutes}")
                 return run
+            if run.info.is_main:  # once the config, data and checkpoint are accepted and there is work to do
+                write_text_atomic(run.run_dir / "config.yaml", dump_yaml(cfg))
             if state.global_step == 0 and run.device.type == "cuda":
                 probe_largest_batches(run)
             for epoch in range(state.epoch, t.epochs):

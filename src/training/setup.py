@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from src import distributed as dist_utils
-from src.atomic import write_text_atomic
 from src.checkpoint import load_checkpoint
-from src.config import Config, dump_yaml
+from src.config import Config
 from src.data.augment import SpecAugment, specaugment_needed
 from src.errors import UserError
 from src.models import build_model, count_parameters
@@ -100,8 +99,12 @@ def setup_run(cfg: Config) -> Run:
     last = run_dir / "last.pt"
     ckpt = None
     notice = None
-    if cfg.training.resume and last.is_file():
+    if cfg.training.resume_from:  # any path; a missing file is a one-line error, not a fresh start
+        last = Path(cfg.training.resume_from)
         ckpt = load_checkpoint(last, map_location="cpu")
+    elif cfg.training.resume and last.is_file():
+        ckpt = load_checkpoint(last, map_location="cpu")
+    if ckpt is not None:
         notice = check_resumable(ckpt, cfg, last)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -110,8 +113,7 @@ def setup_run(cfg: Config) -> Run:
         state = TrainState.from_checkpoint(ckpt["train_state"])
         state.finished = False
 
-    if info.is_main:  # written once the config, the data and the checkpoint have all been accepted
-        write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg=cfg, device=device, info=info, model=dist_utils.wrap_model(model, info, device),
               optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, train_set=train_set, dev_set=dev_set,
               run_dir=run_dir, state=state, steps_per_epoch=steps_per_epoch, warn=warn,

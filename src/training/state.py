@@ -203,6 +203,28 @@ def save_snapshot(run: Run, epoch: int, metrics: dict[str, float]) -> None:
         prune_snapshots(run.run_dir, keep)
 
 
+# Settings a resume may change without a word: how long to train, where things are, how fast to load.
+RESUME_MAY_CHANGE = ("training.epochs", "training.max_minutes", "training.resume", "training.resume_from",
+                     "training.resume_changed", "training.checkpoint_every_minutes", "training.device",
+                     "data.root", "data.num_workers", "data.in_memory", "data.check", "decoding.",
+                     "logging.")
+
+
+def changed_settings(saved: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) of every setting that differs, bar RESUME_MAY_CHANGE
+    (a checkpoint without a saved config, from an old version, is not compared)."""
+    changed = []
+    for key, value in now.items():
+        dotted = f"{prefix}{key}"
+        if dotted.startswith(RESUME_MAY_CHANGE) or key not in saved:
+            continue
+        if isinstance(value, dict) and isinstance(saved[key], dict):
+            changed += changed_settings(saved[key], value, dotted + ".")
+        elif saved[key] != value:
+            changed.append((dotted, saved[key], value))
+    return changed
+
+
 def check_resumable(ckpt: dict, cfg: Config, path: Path) -> str | None:
     """UserError when last.pt holds another model than the config asks for; a one-line
     notice (or None) when a setting that shapes the schedule has changed."""
@@ -220,6 +242,14 @@ def check_resumable(ckpt: dict, cfg: Config, path: Path) -> str | None:
         )
     if ckpt.get("n_mels") != cfg.data.n_mels:
         raise UserError(f"{path}: was trained with data.n_mels={ckpt.get('n_mels')}; the config says {cfg.data.n_mels}")
+    if "train_state" not in ckpt or "optimizer" not in ckpt:
+        raise UserError(f"{path}: holds weights only (an epoch snapshot or an average), no optimizer or training "
+                        "state to resume; resume from a last.pt or best.pt, or start over in another logging.run_dir")
+    changed = changed_settings(ckpt.get("config") or {}, to_dict(cfg))
+    if changed and not cfg.training.resume_changed:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:6]) + (" ..." if len(changed) > 6 else "")
+        raise UserError(f"{path}: settings changed since it was written: {listed}; resume with them anyway with "
+                        "training.resume_changed=true, or start over in another logging.run_dir")
     saved_epochs = (ckpt.get("config") or {}).get("training", {}).get("epochs")
     if cfg.training.scheduler in ("cosine", "wsd") and saved_epochs is not None and saved_epochs != cfg.training.epochs:
         return (f"note: training.epochs changed from {saved_epochs} to {cfg.training.epochs} since {path.name}: "
