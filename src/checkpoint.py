@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -210,9 +211,16 @@ def main(argv: list[str] | None = None) -> int:
                         "holds; add --trust if you trust where it came from")
     ckpt = load_checkpoint(args.path, trust=True)
     ckpt.pop("_path", None)
+    buffer = io.BytesIO()
+    try:  # written and read back in memory first: the file on disk changes only when the result is safe
+        torch.save(ckpt, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except Exception as err:
+        raise UserError(f"{args.path}: holds objects that are not tensors or plain values ({first_line(err)}); "
+                        "it cannot be stored in the safe format") from None
     out = Path(args.out or args.path)
     save_checkpoint(out, ckpt)
-    load_checkpoint(out)  # readable without trust now
     print(f"upgraded {args.path} -> {out} (loads with weights_only=True)")
     return 0
 

@@ -42,22 +42,24 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 def test_a_crafted_checkpoint_runs_nothing_in_any_entry_point(tmp_path):
     marker = tmp_path / "MARKER"
     ckpt = crafted_checkpoint(tmp_path / "run" / "best.pt", marker)
-    with open(ckpt, "rb"):
-        pass
     wav = tmp_path / "a.wav"
     import numpy as np
     import soundfile as sf
 
     sf.write(wav, np.zeros(1600, dtype=np.float32), 16000)
     (tmp_path / "run" / "last.pt").write_bytes(ckpt.read_bytes())
+    from test_resume import make_corpus
+
+    small = [f"data.root={make_corpus(tmp_path / 'corpus', n_train=4, n_dev=2)}", "logging.wandb=disabled",
+             "data.num_workers=0", "model.las.conv_channels=8", "model.las.listener_hidden=8",
+             "model.las.attention_dim=8", "model.las.embedding_dim=8", "model.las.speller_hidden=8"]
     commands = [
         ["test.py", "--checkpoint", str(ckpt), "--device", "cpu"],
         ["test.py", "--checkpoint", str(ckpt), "--split", "dev-clean", "--device", "cpu"],
         ["transcribe.py", str(ckpt), str(wav)],
         ["-m", "src.average", str(ckpt), str(tmp_path / "run" / "last.pt"), "--out", str(tmp_path / "avg.pt")],
-        ["train.py", f"logging.run_dir={tmp_path / 'run'}", "logging.wandb=disabled", "data.num_workers=0"],
-        ["train.py", f"training.resume_from={ckpt}", f"logging.run_dir={tmp_path / 'other'}",
-         "logging.wandb=disabled", "data.num_workers=0"],
+        ["train.py", f"logging.run_dir={tmp_path / 'run'}", *small],
+        ["train.py", f"training.resume_from={ckpt}", f"logging.run_dir={tmp_path / 'other'}", *small],
     ]
     for cmd in commands:
         proc = run(*cmd)
@@ -65,15 +67,34 @@ def test_a_crafted_checkpoint_runs_nothing_in_any_entry_point(tmp_path):
         err = proc.stderr.strip()
         assert err.count("\n") == 0 and "could run code" in err and "src.checkpoint upgrade" in err, (cmd, err)
         assert not marker.exists(), cmd
-    # the user who trusts the file converts it once; then it loads without running anything more
+    # upgrading asks for --trust; with it the file's code does run (as it says), and what it made
+    # cannot be stored in the safe format: refused, nothing written
     assert run("-m", "src.checkpoint", "upgrade", str(ckpt)).returncode == 2 and not marker.exists()
     proc = run("-m", "src.checkpoint", "upgrade", str(ckpt), "--out", str(tmp_path / "ok.pt"), "--trust")
-    assert proc.returncode == 0 and marker.exists(), proc.stderr  # --trust did run it, as it says
-    marker.unlink()
-    from src.checkpoint import load_checkpoint
+    assert proc.returncode == 2 and "cannot be stored in the safe format" in proc.stderr and marker.exists()
+    assert not (tmp_path / "ok.pt").exists()
 
-    load_checkpoint(tmp_path / "ok.pt")
-    assert not marker.exists()
+
+def test_a_checkpoint_of_the_old_format_upgrades_once_then_loads_safely(tmp_path):
+    """Before weights_only loading, last.pt held numpy's RNG state as an ndarray: refused as it is,
+    converted by the upgrade command, then it resumes-loads with its RNG state intact."""
+    import numpy as np
+
+    from src.checkpoint import load_checkpoint
+    from test_submission import tiny_checkpoint
+
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "last.pt"), weights_only=True)
+    np.random.seed(5)
+    ckpt["rng"] = {"numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(UserError, match="could run code"):
+        load_checkpoint(tmp_path / "last.pt")
+    proc = run("-m", "src.checkpoint", "upgrade", str(tmp_path / "last.pt"), "--trust")
+    assert proc.returncode == 0, proc.stderr
+    upgraded = load_checkpoint(tmp_path / "last.pt")
+    np.random.seed(5)
+    keys = np.random.get_state()[1]
+    assert np.array_equal(upgraded["rng"]["numpy"]["keys"].numpy().astype(np.uint32), keys)
 
 
 def test_plain_pickles_and_torch_files_of_old_versions_are_told_apart(tmp_path):
