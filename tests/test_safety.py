@@ -1,0 +1,145 @@
+"""Files from strangers and hostile disks: pickled transcripts never run code, failed writes keep the old file,
+commands that would do nothing say so (exit code 2 and one line, as src/errors.py's run_cli promises)."""
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.las.conv_channels=8", "model.las.listener_hidden=8", "model.las.attention_dim=8",
+        "model.las.embedding_dim=8", "model.las.speller_hidden=16", "logging.wandb=disabled", "data.num_workers=0",
+        "training.device=cpu", "data.max_utterances_per_batch=4", "training.epochs=1"]
+
+
+def run(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *names: str) -> str:
+    """Exit code 2 and exactly one line on stderr, an error line naming each of ``names``."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for name in names:
+        assert name in lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------
+# Pickled transcripts
+
+
+class _Payload:
+    """Unpickling this object runs ``os.system(command)``: what a hostile transcript would carry."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def hostile_transcript(path: Path, marker: Path) -> None:
+    """An object-array transcript (as the competition ships them) with one element that creates ``marker``."""
+    arr = np.array(["<sos>", "A", "<eos>"], dtype=object)
+    arr[1] = _Payload(f"touch {marker}")
+    np.save(path, arr, allow_pickle=True)
+
+
+def test_hostile_payload_really_runs_under_plain_pickle(tmp_path):
+    """The crafted file is a real threat: numpy's own allow_pickle=True load creates the marker."""
+    marker = tmp_path / "marker"
+    hostile_transcript(tmp_path / "t.npy", marker)
+    np.load(tmp_path / "t.npy", allow_pickle=True)
+    assert marker.exists()
+
+
+@pytest.fixture(scope="module")
+def hostile_corpus(tmp_path_factory):
+    """A toy corpus whose first train and dev transcripts are hostile, and a tiny checkpoint beside it."""
+    from test_submission import tiny_checkpoint
+
+    from src.corpus.toy import make_toy_corpus
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    root = make_toy_corpus(tmp / "data", n_train=8, n_dev=4, n_test=2)
+    marker = tmp / "marker"
+    for split in ("train-clean-100", "dev-clean"):
+        hostile_transcript(sorted((root / split / "transcripts").glob("*.npy"))[0], marker)
+    return root, tiny_checkpoint(tmp / "best.pt"), marker
+
+
+@pytest.mark.parametrize("entry", ["train.py", "test.py", "check"])
+def test_hostile_transcript_is_refused_by_every_reader(hostile_corpus, tmp_path, entry):
+    root, ckpt, marker = hostile_corpus
+    argv = {
+        "train.py": ["train.py", f"data.root={root}", f"logging.run_dir={tmp_path / 'run'}", *TINY],
+        "test.py": ["test.py", "--checkpoint", str(ckpt), "--device", "cpu", "--split", "dev-clean",
+                    f"data.root={root}", "data.num_workers=0"],
+        "check": ["-m", "src.data.check", str(root)],
+    }[entry]
+    line = one_error_line(run(*argv), "transcripts", "np.save(path, arr.astype(str))")
+    assert "posix.system" in line or "os.system" in line  # what it asked for
+    assert not marker.exists()
+
+
+def test_object_array_transcripts_load_to_their_strings(tmp_path):
+    from src.data.dataset import transcript_ids
+    from src.data.layout import load_npy
+    from src.vocab import TOKEN_TO_ID
+
+    tokens = ["<sos>", "H", "I", " ", "'", "<eos>"]
+    for name, arr in [("object", np.array(tokens, dtype=object)), ("unicode", np.array(tokens))]:
+        np.save(tmp_path / f"{name}.npy", arr, allow_pickle=True)
+        loaded = load_npy(tmp_path / f"{name}.npy")
+        assert loaded.tolist() == tokens
+        assert transcript_ids(loaded).tolist() == [TOKEN_TO_ID[t] for t in tokens]
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.array([["<sos>", "A"], ["B", "<eos>"]], dtype=object), "not a 1-D array of strings"),
+    (np.array(["<sos>", 3, "<eos>"], dtype=object), "not a 1-D array of strings"),
+    (np.array(["<sos>", b"A", "<eos>"], dtype=object), "not a 1-D array of strings"),
+    (np.array(["<sos>", {"a": 1}, "<eos>"], dtype=object), "not a 1-D array of strings"),
+    (np.array(["<sos>", Path("x"), "<eos>"], dtype=object), "pathlib"),  # any class outside numpy's arrays
+])
+def test_object_arrays_other_than_strings_are_refused(tmp_path, content, message):
+    from src.data.layout import load_npy
+
+    path = tmp_path / "t.npy"
+    np.save(path, content, allow_pickle=True)
+    with pytest.raises(UserError, match=message) as err:
+        load_npy(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bare_pickle_named_npy_is_refused(tmp_path):
+    import pickle
+
+    from src.data.layout import load_npy
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "t.npy"
+    path.write_bytes(pickle.dumps(_Payload(f"touch {marker}")))
+    with pytest.raises(UserError, match="pickled data, not an .npy array"):
+        load_npy(path)
+    assert not marker.exists()
+
+
+def test_no_pickle_loads_outside_the_restricted_loader():
+    """Every np.load in src/ and bench/ refuses pickles; only src/data/layout.py unpickles, restricted."""
+    offenders = []
+    for folder in ("src", "bench"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            if "allow_pickle=True" in text or "pickle.load(" in text or "pickle.loads(" in text:
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
