@@ -143,3 +143,109 @@ def test_no_pickle_loads_outside_the_restricted_loader():
             if "allow_pickle=True" in text or "pickle.load(" in text or "pickle.loads(" in text:
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+# --------------------------------------------------------------------------
+# Full disks, read-only folders
+
+
+class _FullDisk:
+    """A file whose writes fail with ``error`` once ``room`` bytes are written (the first part lands)."""
+
+    def __init__(self, f, room: int, error: int):
+        self.f, self.room, self.error = f, room, error
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.f.write(data[:self.room])
+            self.room = 0
+            raise OSError(self.error, os.strerror(self.error))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("error, says", [(errno.ENOSPC, "disk full"), (errno.EROFS, "read-only"),
+                                         (errno.EACCES, "permission denied"), (errno.EDQUOT, "quota")])
+@pytest.mark.parametrize("writer", ["text", "torch.save", "np.save"])
+def test_a_failed_write_keeps_the_previous_file_and_says_why(tmp_path, monkeypatch, error, says, writer):
+    import builtins
+
+    import torch
+
+    from src import atomic
+    from src.data.features import save_npy_atomic
+
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"the previous content")
+    real_open = builtins.open
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FullDisk(real_open(*a, **k), room=10, error=error),
+                        raising=False)
+    with pytest.raises(UserError) as err:
+        if writer == "text":
+            atomic.write_text_atomic(path, "new content, longer than the room left on the disk")
+        elif writer == "torch.save":  # torch wraps the OSError in a RuntimeError
+            with atomic.atomic_write(path, "wb") as f:
+                torch.save({"w": torch.zeros(1000)}, f)
+        else:
+            save_npy_atomic(path, np.zeros(1000))
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and says in message and "\n" not in message
+    assert "previous file is unchanged" in message
+    assert path.read_bytes() == b"the previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temporary file left
+
+
+def test_errors_of_the_code_inside_the_block_are_not_disguised(tmp_path):
+    from src.atomic import atomic_write
+
+    with pytest.raises(ValueError, match="a bug"):
+        with atomic_write(tmp_path / "x.txt") as f:
+            f.write("part")
+            raise ValueError("a bug")
+    with pytest.raises(FileNotFoundError):  # an OSError, but not the disk's
+        with atomic_write(tmp_path / "x.txt") as f:
+            open(tmp_path / "missing")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_dir(tmp_path):
+    from src.atomic import check_writable_dir
+
+    assert check_writable_dir(tmp_path / "a" / "b", "logging.run_dir").is_dir()
+    assert list((tmp_path / "a" / "b").iterdir()) == []  # the probe is gone
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        with pytest.raises(UserError, match="a file is in the way; set logging.run_dir") as err:
+            check_writable_dir(bad, "logging.run_dir")
+        assert str(err.value).startswith(str(bad)) and "\n" not in str(err.value)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anywhere: chmod proves nothing
+            pytest.skip("running as root: a 0o555 folder is still writable")
+        with pytest.raises(UserError, match="permission denied; set logging.run_dir"):
+            check_writable_dir(locked / "run", "logging.run_dir")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_train_py_refuses_an_unwritable_run_dir_before_training(tmp_path):
+    from src.corpus.toy import make_toy_corpus
+
+    root = make_toy_corpus(tmp_path / "data", n_train=4, n_dev=2)
+    (tmp_path / "afile").write_text("x")
+    run_dir = tmp_path / "afile" / "run"  # refused for root too, unlike a chmod 0o555 folder
+    proc = run("train.py", f"data.root={root}", f"logging.run_dir={run_dir}", *TINY)
+    one_error_line(proc, str(run_dir), "logging.run_dir")
+    assert "epoch" not in proc.stdout
+    assert (tmp_path / "afile").read_text() == "x"

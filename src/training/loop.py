@@ -34,7 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from src import distributed as dist_utils
-from src.atomic import write_text_atomic
+from src.atomic import check_writable_dir, write_text_atomic
 from src.checkpoint import load_checkpoint
 from src.config import Config, dump_yaml
 from src.errors import Terminated, UserError
@@ -289,6 +289,7 @@ def config_summary(cfg: Config) -> str:
 
 def setup_run(cfg: Config) -> Run:
     """Device, process group, data, model, optimizer, resume state, logging."""
+    check_writable_dir(cfg.logging.run_dir, "logging.run_dir")  # refuse a read-only or misplaced run_dir before any work
     device = dist_utils.choose_device(cfg.training.device, dist_utils.local_rank_from_env())
     info = dist_utils.init_distributed(device)
     run_dir = Path(cfg.logging.run_dir)
