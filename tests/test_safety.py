@@ -249,3 +249,28 @@ def test_train_py_refuses_an_unwritable_run_dir_before_training(tmp_path):
     one_error_line(proc, str(run_dir), "logging.run_dir")
     assert "epoch" not in proc.stdout
     assert (tmp_path / "afile").read_text() == "x"
+
+
+# --------------------------------------------------------------------------
+# Commands that would do nothing
+
+
+def test_prepare_that_writes_nothing_fails_in_one_line_and_a_finished_one_succeeds(tmp_path):
+    import soundfile as sf
+
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "m.csv").write_text("gone1.wav,hello there,train\ngone2.wav,good night,dev\n")
+    out = tmp_path / "out"
+    proc = run("-m", "src.corpus.prepare", "manifest", str(src / "m.csv"), str(out), "--workers", "1")
+    line = one_error_line(proc, str(out), "no utterance written", "missing audio 2", "m.csv")
+    assert "prepare_skipped.tsv" in line
+    assert not list(out.rglob("*.npy"))
+    # once the audio is there it writes; run again, all is done already: that is success, not nothing
+    for name in ("gone1", "gone2"):
+        sf.write(src / f"{name}.wav", 0.1 * np.sin(np.arange(8000) / 5.0).astype(np.float32), 16000)
+    for _ in range(2):
+        proc = run("-m", "src.corpus.prepare", "manifest", str(src / "m.csv"), str(out), "--workers", "1")
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "0 utt" in proc.stdout and "2 already done" in proc.stdout
+    assert len(list(out.rglob("*.npy"))) == 4
