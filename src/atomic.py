@@ -31,12 +31,17 @@ _WRITE_FAULTS = {
 }
 
 
-def write_fault(err: BaseException) -> OSError | None:
-    """The OSError among ``err`` and what it was raised from whose errno is in _WRITE_FAULTS, or None."""
+def write_fault(err: BaseException, *paths: Path) -> OSError | None:
+    """The OSError among ``err`` and what it was raised from whose errno is in _WRITE_FAULTS, or None.
+
+    Only an error about no file (a write or fsync on an open file) or about one of ``paths`` counts:
+    a file the caller's code fails to open inside the block is its own error, not the disk's.
+    """
+    names = {None, *(str(p) for p in paths)}
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in _WRITE_FAULTS:
+        if isinstance(err, OSError) and err.errno in _WRITE_FAULTS and err.filename in names:
             return err
         err = err.__cause__ or err.__context__
     return None
@@ -80,7 +85,7 @@ def atomic_write(path: str | Path, mode: str = "w", *, fsync: bool = True, **ope
             tmp.unlink(missing_ok=True)
         except OSError:  # nothing more to do on a disk that refuses even this
             pass
-        fault = write_fault(err)
+        fault = write_fault(err, tmp, path)
         if fault is not None:
             kept = "the previous file is unchanged" if path.exists() else "nothing was written"
             raise UserError(_fault_message(path, fault, f"writing it ({kept})")) from None

@@ -222,6 +222,9 @@ def test_errors_of_the_code_inside_the_block_are_not_disguised(tmp_path):
     with pytest.raises(FileNotFoundError):  # an OSError, but not the disk's
         with atomic_write(tmp_path / "x.txt") as f:
             open(tmp_path / "missing")
+    with pytest.raises(PermissionError):  # a permission error, but about another file than the one written
+        with atomic_write(tmp_path / "x.txt") as f:
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "secret"))
     assert list(tmp_path.iterdir()) == []
 
 
