@@ -2,11 +2,13 @@
 
     python bench/bench_reliability.py                 # the battery and 10 kills
     python bench/bench_reliability.py --kills 20
+    python bench/bench_reliability.py --kills 0       # the battery only
 
 1. Bad inputs: each case breaks one thing in a fresh copy of a toy corpus, config or
    checkpoint and runs the real entry point in a subprocess. Handled = the documented exit
    code (2; 1 for transcribe.py when no file holds speech), no traceback, and an
-   ``error:`` line that names the offending file or setting.
+   ``error:`` line that names the offending file or setting (and, for a transcript whose
+   pickle would run code, no trace of that code having run).
 2. Kills: a tiny LAS trains 3 epochs straight (checkpoints every batch); then each trial
    starts the same run, kills it at a random moment (kill -9 and SIGTERM in turn), and
    resumes it to the end. Survived = the run finishes and its final weights equal the
@@ -169,6 +171,49 @@ def yaml_file(tmp, text):
     return ["train.py", "--config", str(path)], "c.yaml"
 
 
+class _RunsCode:
+    """Unpickling this object runs a shell command: what a hostile transcript would carry."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+MARKER = "pickle-ran"  # the file a hostile transcript's payload creates in the case's folder
+
+
+def hostile_transcript(tmp, entry: str):
+    """A transcript saved as an object array (as the competition's are) whose pickle would create a file."""
+    import numpy as np
+
+    root = corpus(tmp)
+    split = "dev-clean" if entry == "test.py" else "train-clean-100"
+    path = first(root / split / "transcripts")
+    arr = np.array(["<sos>", "A", "<eos>"], dtype=object)
+    arr[1] = _RunsCode(f"touch {tmp / MARKER}")
+    np.save(path, arr, allow_pickle=True)
+    if entry == "test.py":
+        argv = ["test.py", "--checkpoint", str(checkpoint(tmp)), "--device", "cpu", "--split", "dev-clean",
+                f"data.root={root}", "data.num_workers=0"]
+    elif entry == "check":
+        argv = ["-m", "src.data.check", str(root)]
+    else:
+        argv = train_on(tmp)
+    return argv, path.name
+
+
+def average_one(tmp):
+    return ["-m", "src.average", str(checkpoint(tmp))], "best.pt"
+
+
+def prepare_nothing(tmp):
+    (tmp / "m.csv").write_text("gone1.wav,hello there,train\ngone2.wav,good night,dev\n")
+    return ["-m", "src.corpus.prepare", "manifest", str(tmp / "m.csv"), str(tmp / "o"), "--workers", "1"], \
+        "no utterance written"
+
+
 def without(tmp, split):
     root = corpus(tmp)
     shutil.rmtree(root / split)
@@ -209,6 +254,9 @@ CASES = [
     ("data", "transcript without <sos>", lambda t: bad_transcript(t, ["A", "B", "<eos>"])),
     ("data", "characters outside the vocabulary", lambda t: bad_transcript(t, ["<sos>", "a", "7", "<eos>"])),
     ("data", "empty transcript", lambda t: bad_transcript(t, [])),
+    ("data", "transcript pickle runs code: train.py", lambda t: hostile_transcript(t, "train.py")),
+    ("data", "transcript pickle runs code: test.py", lambda t: hostile_transcript(t, "test.py")),
+    ("data", "transcript pickle runs code: check", lambda t: hostile_transcript(t, "check")),
     ("data", "empty split", lambda t: (
         (lambda r: ([p.unlink() for p in (r / "dev-clean").rglob("*.npy")], train_on(t))[1])(corpus(t)),
         "dev-clean")),
@@ -234,6 +282,8 @@ CASES = [
         (t / "afile").write_text("x"),
         ["test.py", "--checkpoint", str(checkpoint(t)), "--device", "cpu", f"data.root={corpus(t)}",
          "data.num_workers=0", "decoding.method=greedy", "--output", str(t / "afile" / "sub.csv")])[1:] + ("afile",)),
+    ("train.py", "run_dir below a file", lambda t: ((t / "afile").write_text("x"), train_on(t) + [
+        f"logging.run_dir={t / 'afile' / 'run'}"])[1:] + ("logging.run_dir",)),
     ("transcribe.py", "audio file missing", lambda t: transcribe(t, t / "none.wav")),
     ("transcribe.py", "empty file", lambda t: transcribe(t, wav(t, "empty.wav", b""))),
     ("transcribe.py", "text named .wav", lambda t: transcribe(t, wav(t, "text.wav", b"not audio at all"))),
@@ -244,6 +294,8 @@ CASES = [
                                                     "timit")),
     ("prepare", "source folder missing", lambda t: (["-m", "src.corpus.prepare", "ljspeech", str(t / "none"),
                                                      str(t / "o")], "none")),
+    ("prepare", "nothing to write (audio all missing)", prepare_nothing),
+    ("average", "one checkpoint", average_one),
     ("synth", "unknown feature dtype", lambda t: (["-m", "src.corpus.synth", str(t / "o"), "--dtype", "int8"],
                                                   "--dtype")),
     ("synth", "output already holds a corpus", lambda t: (["-m", "src.corpus.synth", str(corpus(t)), "--counts",
@@ -266,6 +318,8 @@ def battery() -> tuple[int, int, list[str]]:
             argv, names = make(tmp)
             proc = run(argv)
             ok, last = judge(proc, names)
+            if (tmp / MARKER).exists():
+                ok, last = False, f"the transcript's pickle ran code ({MARKER} created); {last}"
         except Exception as err:  # the case itself could not be set up: count it as not handled
             ok, last, proc = False, f"set-up failed: {err!r}", None
         finally:
@@ -302,6 +356,8 @@ def same(a: dict, b: dict) -> bool:
 
 
 def kills(n: int, seed: int) -> tuple[int, int, list[str]]:
+    if n == 0:
+        return 0, 0, []
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="kills-"))
     from src.corpus.toy import make_toy_corpus
@@ -354,8 +410,9 @@ def main() -> int:
     handled, tried, bad = battery()
     survived, killed, lost = kills(args.kills, args.seed)
     print(f"\nbad inputs: {handled} of {tried} handled (exit code 2, no traceback, an error line naming the problem)")
-    print(f"kills: {survived} of {killed} survived (final weights bit-identical to a straight run; "
-          f"{(killed + 1) // 2} kill -9, {killed // 2} SIGTERM)")
+    if killed:
+        print(f"kills: {survived} of {killed} survived (final weights bit-identical to a straight run; "
+              f"{(killed + 1) // 2} kill -9, {killed // 2} SIGTERM)")
     for line in bad + lost:
         print(f"  {line}")
     return 0 if handled == tried and survived == killed else 1

@@ -70,12 +70,21 @@ def resolve_inputs(inputs: list[str], last: int) -> tuple[list[Path], Path]:
         if not found:
             raise UserError(f"{run_dir}: no epoch_*.pt snapshots; train with training.keep_epochs > 0 "
                             "(or pass checkpoint files)")
+        if len(found) < 2:
+            raise UserError(f"{run_dir}: averaging needs at least two checkpoints; it has one snapshot "
+                            f"({found[0].name}); train longer with training.keep_epochs >= 2, or use {found[0]} as it is")
         if len(found) < last:
             print(f"note: {run_dir} has {len(found)} snapshots; averaging those", file=sys.stderr)
         return found[-last:], run_dir / "average.pt"
     for p in paths:
         if p.is_dir():
             raise UserError(f"{p}: a folder among files; pass one run folder, or checkpoint files only")
+    twice = next((p for i, p in enumerate(paths) if p.resolve() in {q.resolve() for q in paths[:i]}), None)
+    if twice is not None:
+        raise UserError(f"{twice}: given twice; averaging needs distinct checkpoints, pass each file once")
+    if len(paths) < 2:
+        raise UserError(f"{paths[0]}: averaging needs at least two checkpoints; pass two or more files "
+                        "(or a run folder with epoch_*.pt snapshots), or use this one as it is")
     return paths, paths[-1].parent / "average.pt"
 
 
@@ -85,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last", type=int, default=5, help="with a run folder: average its newest N snapshots")
     parser.add_argument("--out", default=None, help="output checkpoint (default: average.pt next to the inputs)")
     args = parser.parse_args(argv)
-    if args.last < 1:
-        raise UserError(f"--last must be at least 1; got {args.last}")
+    if args.last < 2:
+        raise UserError(f"--last {args.last}: averaging needs at least two checkpoints; use --last 2 or more")
     paths, default_out = resolve_inputs(args.inputs, args.last)
     out = Path(args.out) if args.out else default_out
     if out.resolve() in {p.resolve() for p in paths}:

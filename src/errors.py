@@ -27,12 +27,27 @@ def first_line(err: BaseException) -> str:
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process that SIGTERM ended
 
 
+def one_line(err: UserError) -> str:
+    """The message of ``err`` as one line.
+
+    A UserError raised in a DataLoader worker process reaches the main process re-raised by torch with
+    the message "Caught UserError in DataLoader worker process N.", the worker's traceback, and the
+    original ``src.errors.UserError: message`` as its last line: that last message is what is kept.
+    """
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    last = lines[-1].strip()
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else " ".join(ln.strip() for ln in lines)
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main`` and exit: 0 on success, 2 with one line on a UserError."""
     try:
         code = main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)

@@ -157,7 +157,7 @@ def teacher_forcing_triggered(tf_cfg, *, epoch: int, alignment: float, dev_cer: 
     """Whether the decay condition holds after (0-based) ``epoch``.
 
     epoch:     epoch >= trigger_epoch
-    aligned:   dev attention diagonality (:func:`attention_diagonality`) >= trigger_alignment
+    aligned:   dev attention alignment (:func:`attention_alignment`) >= trigger_alignment
     dev_error: greedy dev CER < trigger_dev_cer
     """
     if tf_cfg.trigger == "epoch":
@@ -197,28 +197,51 @@ def next_teacher_forcing(state: TeacherForcingState, tf_cfg, *, epoch: int, alig
 # Alignment
 
 
-def attention_diagonality(attn: torch.Tensor, out_lens: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
-    """How diagonal each attention map is: (B,) in [-1, 1].
+FOCUS_HALF_WIDTH = 1  # frames either side of the peak that count as focused (a pBLSTM frame's neighbours)
+BACKWARD_TOLERANCE = 1  # a peak flickering back one frame between two near-equal frames is not penalised
 
-    attn (B, U, T') teacher-forced attention weights; out_lens (B,) the real
-    output steps of each row; enc_lens (B,) its listener frames. For each
-    utterance: the Pearson correlation between the output step u and the frame
-    the attention peaks on (argmax_t attn[u, t]) over its real steps. Near-
-    uniform or stuck attention scores about 0, attention that jumps back and
-    forth (the "THE SAME THE SAME" loops of a LAS that has not aligned) scores
-    low, a monotonic path from the first to the last frame scores close to 1.
-    Rows with fewer than 3 steps, or whose peak never moves, score 0.
+
+def attention_alignment(attn: torch.Tensor, out_lens: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
+    """How well each attention map aligns output to input: (B,) in [0, 1], focus x monotonic coverage.
+
+    attn (B, U, T') attention weights; out_lens (B,) the real output steps of each row; enc_lens (B,)
+    its listener frames. Only the (out_lens[b], enc_lens[b]) rectangle counts (each row renormalised
+    over it), so padding never changes the figure. With n = out_lens[b], T = enc_lens[b] and p_u the
+    frame step u's attention peaks on:
+
+    focus     mean over steps of the weight within FOCUS_HALF_WIDTH frames of p_u: 1 for sharp
+              attention, about 3/T for attention spread over the utterance.
+    coverage  the share of the T frames passed in order: the peak path 0, p_0, ..., p_{n-1}, T-1
+              (from the first frame to the last) covers the frames between two consecutive points
+              when it moves forward by at most ``max(2, 2 T / n)`` frames (twice the mean pace),
+              minus the length of every backward move longer than BACKWARD_TOLERANCE frames.
+              Attention that stalls (stuck on the first frames), never reaches the end, skips part
+              of the utterance or runs backwards (the "THE SAME THE SAME" loops of a LAS that has
+              not aligned) leaves frames uncovered or pays for its backward moves.
+
+    A clean diagonal scores 1 (sharp) or close to it (spread over a frame or two), so
+    ``training.teacher_forcing.trigger_alignment`` (0.9) means: sharp, in order, start to end.
     """
     scores = torch.zeros(attn.size(0), dtype=torch.float64)
-    peaks = attn.float().argmax(dim=2).cpu().double()  # (B, U)
     for b in range(attn.size(0)):
-        n = int(out_lens[b])
-        if n < 3 or int(enc_lens[b]) < 2:
+        n, frames = int(out_lens[b]), int(enc_lens[b])
+        if n < 1 or frames < 1:
             continue
-        y = peaks[b, :n]
-        x = torch.arange(n, dtype=torch.float64)
-        xc, yc = x - x.mean(), y - y.mean()
-        denom = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
-        if denom > 0:
-            scores[b] = float((xc * yc).sum()) / denom
+        weights = attn[b, :n, :frames].detach().double().cpu()  # (n, T)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        peaks = weights.argmax(dim=1)  # (n,)
+        near = (torch.arange(frames).unsqueeze(0) - peaks.unsqueeze(1)).abs() <= FOCUS_HALF_WIDTH  # (n, T)
+        focus = float((weights * near).sum(dim=1).mean())
+        path = torch.cat([peaks.new_zeros(1), peaks, peaks.new_full((1,), frames - 1)])  # (n + 2,)
+        start, end = path[:-1], path[1:]  # consecutive points (n + 1,)
+        max_step = max(2, math.ceil(2 * frames / n))
+        forward = (end >= start) & (end - start <= max_step)
+        edges = torch.zeros(frames + 1, dtype=torch.long)  # +1 where a covered span starts, -1 after it ends
+        edges.index_add_(0, start[forward], torch.ones_like(start[forward]))
+        edges.index_add_(0, end[forward] + 1, -torch.ones_like(end[forward]))
+        covered = int((edges.cumsum(0)[:frames] > 0).sum())
+        back = start - end  # > 0 for a backward move
+        backward = int(back[back > BACKWARD_TOLERANCE].sum())
+        coverage = min(1.0, max(0.0, (covered - backward) / frames))
+        scores[b] = focus * coverage
     return scores

@@ -82,3 +82,23 @@ def test_training_keeps_the_newest_epoch_snapshots(tmp_path):
     assert "optimizer" not in newest and newest["metrics"]["epoch"] == 3
     for name, value in last["model"].items():
         assert torch.equal(newest["model"][name], value), name
+
+
+@pytest.mark.parametrize("setup, args, names", [
+    ("one file", ["a.pt"], ["a.pt", "at least two checkpoints"]),
+    ("one snapshot", ["run"], ["run", "at least two checkpoints", "epoch_001.pt"]),
+    ("--last 1", ["run2", "--last", "1"], ["--last 1", "at least two checkpoints"]),
+    ("a file twice", ["a.pt", "a.pt"], ["a.pt", "given twice"]),
+])
+def test_averaging_fewer_than_two_checkpoints_is_refused(tmp_path, setup, args, names):
+    _checkpoint(tmp_path / "a.pt", seed=1)
+    _checkpoint(tmp_path / "run" / "epoch_001.pt", seed=1)
+    for i in (1, 2):
+        _checkpoint(tmp_path / "run2" / f"epoch_00{i}.pt", seed=i)
+    proc = subprocess.run([sys.executable, "-m", "src.average", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    for name in names:
+        assert name in proc.stderr
+    assert not list(tmp_path.rglob("average.pt"))

@@ -12,7 +12,7 @@ from src.errors import UserError
 from src.schedules import (
     PlateauState,
     TeacherForcingState,
-    attention_diagonality,
+    attention_alignment,
     cosine_lr,
     next_teacher_forcing,
     plateau_update,
@@ -328,19 +328,75 @@ def test_teacher_forcing_triggers_latch(trigger, kw, fires):
         assert state.rate == 0.25
 
 
-def test_attention_diagonality():
-    U, T = 12, 6
-    diag = torch.zeros(1, U, T)
-    for u in range(U):
-        diag[0, u, u * T // U] = 1.0
-    uniform = torch.full((1, U, T), 1.0 / T)
-    backwards = diag.flip(2)
-    attn = torch.cat([diag, uniform, backwards])
-    scores = attention_diagonality(attn, torch.tensor([U, U, U]), torch.tensor([T, T, T]))
-    assert scores[0] == pytest.approx(0.98, abs=0.02) and scores[1] == 0 and scores[2] < -0.95
-    # only the real steps count: garbage beyond out_lens is ignored
-    attn[0, 8:] = backwards[0, 8:]
-    assert attention_diagonality(attn[:1], torch.tensor([8]), torch.tensor([T]))[0] > 0.9
+def one_hot_path(peaks: list[int], frames: int) -> torch.Tensor:
+    """(U, T) attention that puts all its weight on frame peaks[u] at step u."""
+    attn = torch.zeros(len(peaks), frames)
+    attn[torch.arange(len(peaks)), torch.tensor(peaks)] = 1.0
+    return attn
+
+
+def diagonal(steps: int, frames: int) -> list[int]:
+    return [u * frames // steps for u in range(steps)]
+
+
+def alignment_of(attn: torch.Tensor) -> float:
+    """attention_alignment of one (U, T) map with no padding."""
+    U, T = attn.shape
+    return float(attention_alignment(attn.unsqueeze(0), torch.tensor([U]), torch.tensor([T]))[0])
+
+
+@pytest.mark.parametrize("U, T", [(12, 6), (17, 17), (40, 17), (8, 20), (3, 2)])
+def test_clean_diagonal_attention_passes_the_trigger(U, T):
+    assert alignment_of(one_hot_path(diagonal(U, T), T)) == 1.0
+    # spread over the peak's neighbours, as a pBLSTM listener's attention often is: still aligned
+    spread = sum(w * one_hot_path([min(T - 1, max(0, p + d)) for p in diagonal(U, T)], T)
+                 for d, w in ((-1, 0.2), (0, 0.6), (1, 0.2)))
+    assert alignment_of(spread) >= 0.9
+
+
+@pytest.mark.parametrize("name, peaks, expected", [
+    # attention creeping over the first frames (1-5 of 17) while the output runs on: the failure a
+    # correlation of step and peak scored 0.93; 5 of 17 frames passed
+    ("stalled", [min(4, u // 6) for u in range(30)], 5 / 17),
+    # never reaches the end: the first 9 of 17 frames, then stuck
+    ("stops half way", [min(8, u) for u in range(17)], 9 / 17),
+    # the last frame first, back to the first: no frame passed in order
+    ("reversed", diagonal(17, 17)[::-1], 0.0),
+    # in order, but frames 6-11 jumped over
+    ("skipping", list(range(6)) + list(range(12, 17)), 11 / 17),
+    # loops back ("THE SAME THE SAME"): all frames passed, but two jumps back of 5 frames cost 2 x 5
+    ("loops back", list(range(9)) + list(range(3, 9)) + list(range(3, 17)), (17 - 10) / 17),
+    # flickers back one frame between neighbours (free), but a jump back of 2 costs 2
+    ("flickers", [0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 6, 7, 8, 6, 9, 10, 11, 12, 13, 14, 15, 16], (17 - 2) / 17),
+])
+def test_attention_that_does_not_align_fails_the_trigger(name, peaks, expected):
+    score = alignment_of(one_hot_path(peaks, 17))
+    assert score == pytest.approx(expected, abs=1e-9) and score < 0.9
+
+
+def test_alignment_is_low_for_unfocused_attention():
+    U, T = 20, 17
+    uniform = torch.full((U, T), 1.0 / T)
+    assert alignment_of(uniform) < 0.1  # peaks tie on frame 0: stuck, and 3 of 17 frames' weight near it
+    # a diagonal whose peak holds only 40% of the weight, the rest spread far away: focus ~0.45
+    blurred = 0.4 * one_hot_path(diagonal(U, T), T) + 0.6 * uniform
+    assert alignment_of(blurred) == pytest.approx(0.4 + 0.6 * 3 / T, abs=0.03)
+
+
+def test_alignment_ignores_padding_beyond_the_lengths():
+    U, T, pad_u, pad_t = 12, 9, 5, 4
+    stalled = one_hot_path([min(2, u // 4) for u in range(U)], T)
+    clean = one_hot_path(diagonal(U, T), T)
+    reference = [alignment_of(stalled), alignment_of(clean)]
+    padded = torch.zeros(2, U + pad_u, T + pad_t)
+    padded[0, :U, :T], padded[1, :U, :T] = stalled, clean
+    # garbage that would complete the stalled path, or derail the clean one, were it counted
+    padded[0, U:, :] = one_hot_path(list(range(T - 3, T - 3 + pad_u)), T + pad_t)
+    padded[1, :, T:] = 5.0
+    padded[1, U:, :] = torch.rand(pad_u, T + pad_t)
+    scores = attention_alignment(padded, torch.tensor([U, U]), torch.tensor([T, T]))
+    assert scores.tolist() == pytest.approx(reference, abs=1e-12)
+    assert reference[0] < 0.9 <= reference[1]
 
 
 # --------------------------------------------------------------------------

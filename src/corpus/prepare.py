@@ -37,6 +37,7 @@ import csv
 import io
 import os
 import re
+import sys
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -326,9 +327,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip longer recordings as 'too long' (default 40; 0 = no limit)")
     args = parser.parse_args(argv)
     summary = prepare(args.format, args.src, args.out, n_mels=args.n_mels, workers=args.workers,
-                      dtype=args.dtype, max_seconds=args.max_seconds)
+                      dtype=args.dtype, max_seconds=args.max_seconds,
+                      progress=sys.stderr.isatty())  # off a terminal: no bar, so an error stays one line
     print(summary.line(args.out))
+    if not summary.written and not summary.already_done:
+        raise UserError(nothing_written(summary, args.src, args.out))
     return 0
+
+
+def nothing_written(summary: Summary, src: str | Path, out: str | Path) -> str:
+    """Why a run that wrote no utterance (and found none already done) failed, and what to do."""
+    reasons = ", ".join(f"{r} {n}" for r, n in summary.skipped.most_common())
+    fix = {MISSING_AUDIO: f"check that the audio paths in {src} exist (relative to its folder)",
+           UNREADABLE_AUDIO: "check that the audio files are sound files this libsndfile reads (wav, flac, ogg, mp3)",
+           EMPTY_AUDIO: "check the audio files, they hold no samples",
+           TOO_LONG: "raise --max-seconds (0 = no limit)",
+           UNMAPPABLE: "the transcripts need letters A-Z, apostrophes and spaces (digits and symbols cannot be mapped)"}
+    top = summary.skipped.most_common(1)[0][0] if summary.skipped else None
+    return (f"{out}: no utterance written, all {sum(summary.skipped.values())} skipped ({reasons}; listed in "
+            f"{Path(out) / 'prepare_skipped.tsv'}); {fix.get(top, 'see that list')}")
 
 
 if __name__ == "__main__":

@@ -215,14 +215,13 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` (.npy) atomically: ``path.tmp`` in the same folder, then os.replace.
+    """Write ``array`` to ``path`` (.npy) atomically (src/atomic.py: ``path.tmp``, then a rename).
 
-    A crash leaves at most a stale ``.tmp`` file, never a half-written ``.npy``.
+    A crash leaves at most a stale ``.tmp`` file, never a half-written ``.npy``; a full or
+    read-only disk is a one-line UserError. Not fsynced: a corpus is many small files, and one
+    lost to a power cut is redone by running the preparation again.
     """
-    import os
+    from src.atomic import atomic_write
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb", fsync=False) as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)

@@ -15,6 +15,7 @@ checker starts fast.
 from __future__ import annotations
 
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,19 +266,78 @@ def read_npy_header(path: str | Path) -> NpyHeader:
         raise UserError(f"{path}: unreadable .npy file ({_first_line(err)}); {_FIX}") from None
 
 
+# What a pickled object array of strings needs to be rebuilt, and nothing else: numpy's
+# ``_reconstruct`` (module numpy.core.multiarray before numpy 2, numpy._core.multiarray since),
+# ``ndarray`` and ``dtype``. Any other global in the pickle (os.system, builtins.eval, ...) is refused.
+_RECONSTRUCT = np.ndarray.__reduce__(np.empty(0))[0]
+_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+_PICKLE_GLOBALS = {
+    **{(m, "_reconstruct"): _RECONSTRUCT for m in _MULTIARRAY},
+    **{(m, "ndarray"): np.ndarray for m in ("numpy", *_MULTIARRAY)},
+    **{(m, "dtype"): np.dtype for m in ("numpy", *_MULTIARRAY)},
+}
+_RESAVE = "re-save it as a unicode array: np.save(path, arr.astype(str))"
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that only rebuilds numpy arrays: no other class or function is ever looked up."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _ForbiddenPickle(f"{module}.{name}") from None
+
+
+class _ForbiddenPickle(Exception):
+    """A pickle asked for a global outside _PICKLE_GLOBALS."""
+
+
+def _load_object_array(path: str | Path) -> np.ndarray:
+    """An object ``.npy`` file (pickled data) rebuilt without running code; must hold a 1-D array of str."""
+    with open(path, "rb") as f:
+        version = npy_format.read_magic(f)
+        if version == (1, 0):
+            npy_format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            npy_format.read_array_header_2_0(f)
+        else:
+            raise UserError(f"{path}: object array in .npy format {version[0]}.{version[1]}; {_RESAVE}")
+        try:
+            arr = _ArrayUnpickler(f).load()
+        except _ForbiddenPickle as err:
+            raise UserError(f"{path}: its pickled data asks for {err}, which could run code, so it is not "
+                            f"loaded; if it is a transcript, {_RESAVE}") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not all(isinstance(t, str) for t in arr.tolist()):
+        what = f"shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise UserError(f"{path}: object array that is not a 1-D array of strings ({what}); "
+                        "store a transcript as one character per element: np.save(path, np.array(chars))")
+    return arr
+
+
 def load_npy(path: str | Path) -> np.ndarray:
-    """``np.load``, retrying with ``allow_pickle=True`` for object arrays. UserError if unreadable."""
+    """``np.load`` without pickles; an object array (a transcript saved with dtype object) is rebuilt
+    by a restricted unpickler that admits numpy's array classes only (:func:`_load_object_array`).
+    UserError if unreadable, or if its pickle asks for anything else."""
     try:
         try:
             return np.load(path, allow_pickle=False)
         except ValueError as err:
             if "allow_pickle" not in str(err):
                 raise
-            return np.load(path, allow_pickle=True)  # some releases store object arrays of str
+            if not _is_npy(path):
+                raise UserError(f"{path}: pickled data, not an .npy array; it is not loaded (it could run code); "
+                                f"{_RESAVE}") from None
+            return _load_object_array(path)
     except UserError:
         raise
     except Exception as err:  # truncated data, bad pickle, I/O errors
         raise UserError(f"{path}: unreadable .npy file ({_first_line(err)}); {_FIX}") from None
+
+
+def _is_npy(path: str | Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(npy_format.MAGIC_PREFIX)) == npy_format.MAGIC_PREFIX
 
 
 def read_headers(paths: Sequence[str | Path], desc: str = "headers") -> list[NpyHeader]:

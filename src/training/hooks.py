@@ -4,7 +4,8 @@
                        trigger (dev CER by default; or epoch, dev alignment) has fired
     guided attention   the weight of the guided-attention loss, dropped once the
                        dev attention has aligned (training.guided_attention_until_aligned)
-    alignment          how diagonal the dev attention is (src/schedules.py), which
+    alignment          how well the dev attention aligns, sharp and in order from the first
+                       frame to the last (src/schedules.py: attention_alignment), which
                        drops the guided loss (and starts the decay with trigger aligned)
 
 The loop knows hooks only through this small protocol, so a CTC family runs
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from src.models.interface import LossOutput, has_attention
-from src.schedules import TeacherForcingState, attention_diagonality, next_teacher_forcing
+from src.schedules import TeacherForcingState, attention_alignment, next_teacher_forcing
 
 
 class AttentionHooks:
@@ -35,7 +36,7 @@ class AttentionHooks:
         self.t = training_cfg
         self.state = state or {"teacher_forcing": TeacherForcingState(rate=training_cfg.teacher_forcing.start).as_dict(),
                                "aligned": False}
-        self._diag: list[torch.Tensor] = []
+        self._alignment: list[torch.Tensor] = []
 
     @property
     def teacher_forcing_rate(self) -> float:
@@ -54,14 +55,14 @@ class AttentionHooks:
         return {"tf": f"{self.teacher_forcing_rate:.2f}"}
 
     def dev_begin(self) -> None:
-        self._diag = []
+        self._alignment = []
 
     def observe_dev(self, out: LossOutput, batch) -> None:
         if out.attention is not None:
-            self._diag.append(attention_diagonality(out.attention, batch.token_lens - 1, out.encoded.lens))
+            self._alignment.append(attention_alignment(out.attention, batch.token_lens - 1, out.encoded.lens))
 
     def dev_end(self) -> dict[str, float]:
-        return {"dev_alignment": float(torch.cat(self._diag).mean()) if self._diag else 0.0}
+        return {"dev_alignment": float(torch.cat(self._alignment).mean()) if self._alignment else 0.0}
 
     def end_of_epoch(self, epoch: int, dev_metrics: dict[str, float]) -> str:
         tf = self.t.teacher_forcing

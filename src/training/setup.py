@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from src import distributed as dist_utils
+from src.atomic import check_writable_dir
 from src.checkpoint import load_checkpoint
 from src.config import Config
 from src.data.augment import SpecAugment, specaugment_needed
@@ -77,6 +78,7 @@ def config_summary(cfg: Config) -> str:
 
 def setup_run(cfg: Config) -> Run:
     """Device, process group, data, model, optimizer, resume state, logging."""
+    check_writable_dir(cfg.logging.run_dir, "logging.run_dir")  # a read-only or misplaced run_dir: before any work
     device = dist_utils.choose_device(cfg.training.device, dist_utils.local_rank_from_env())
     info = dist_utils.init_distributed(device)
     run_dir = Path(cfg.logging.run_dir)
@@ -113,7 +115,6 @@ def setup_run(cfg: Config) -> Run:
         state = TrainState.from_checkpoint(ckpt["train_state"])
         state.finished = False
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     run = Run(cfg=cfg, device=device, info=info, model=dist_utils.wrap_model(model, info, device),
               optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, train_set=train_set, dev_set=dev_set,
               run_dir=run_dir, state=state, steps_per_epoch=steps_per_epoch, warn=warn,
