@@ -84,9 +84,9 @@ def _window() -> np.ndarray:
     return window
 
 
-# Resampling: a windowed-sinc low-pass evaluated at each output instant (the
-# kernel of torchaudio.functional.resample's defaults, so features computed
-# before and after torchaudio left the requirements agree to float32 rounding).
+# Resampling: a windowed-sinc low-pass evaluated at each output instant, with the
+# kernel of torchaudio.functional.resample's defaults (the two agree to float32
+# rounding, so features do not depend on which of them made them).
 RESAMPLE_ZERO_CROSSINGS = 6  # the sinc is cut by a Hann window after 6 zero crossings each side
 RESAMPLE_ROLLOFF = 0.99  # cutoff: 0.99 x the lower of the two Nyquist frequencies
 _RESAMPLE_CHUNK = 1 << 15  # output samples per block: bounds the (chunk, taps) gather
@@ -136,8 +136,8 @@ def resample(wave: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE)
     for start in range(0, n_out, _RESAMPLE_CHUNK):
         m = np.arange(start, min(start + _RESAMPLE_CHUNK, n_out))  # (M,) output indices
         first = (m * orig) // new  # (M,) x[first] is input sample m * orig // new - width
-        window = x[first[:, None] + offsets]  # (M, taps)
-        out[start : start + m.size] = np.einsum("mt,mt->m", window, taps[m % new])  # (M,)
+        segments = x[first[:, None] + offsets]  # (M, taps)
+        out[start : start + m.size] = np.einsum("mt,mt->m", segments, taps[m % new])  # (M, taps) -> (M,)
     return out
 
 
