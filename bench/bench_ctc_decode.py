@@ -16,8 +16,8 @@ ours (spaces normalised); "ours as probable": the share where our transcript's
 CTC probability (summed over all alignments, torch's ctc_loss) is at least that
 of the other decoder's; CER against the references of each split.
 
-Needs ``pip install pyctcdecode flashlight-text`` (not in requirements.txt:
-only this benchmark uses them).
+Needs ``pip install pyctcdecode flashlight-text`` and a torchaudio built for the
+installed torch (none of them in the requirements: only this benchmark uses them).
 """
 from __future__ import annotations
 

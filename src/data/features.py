@@ -6,7 +6,9 @@
 
 Definition (one place; everything else calls :func:`log_mel`):
 
-- resample to ``SAMPLE_RATE`` = 16 kHz (torchaudio's windowed-sinc resampler);
+- resample to ``SAMPLE_RATE`` = 16 kHz with :func:`resample`, a Hann-windowed sinc
+  low-pass (6 zero crossings, cutoff 0.99 x the lower Nyquist frequency; the kernel
+  of ``torchaudio.functional.resample``'s defaults);
 - centred frames: the wave is reflect-padded by n_fft // 2 = 256 on both sides,
   so frame t is centred on sample 160 * t and T = 1 + N16 // 160;
 - 25 ms periodic Hann window (400 samples) zero-padded to n_fft = 512 (centred),
@@ -19,11 +21,13 @@ Definition (one place; everything else calls :func:`log_mel`):
 It matches ``torchaudio.transforms.MelSpectrogram(16000, n_fft=512, win_length=400,
 hop_length=160, f_min=0, f_max=8000, n_mels=D, power=2, center=True,
 norm=None, mel_scale="htk")`` followed by ``log(x + 1e-6)``; tests/test_features.py
-checks that. This module is plain numpy so that worker processes stay light;
-torch is imported only when a resample is needed.
+checks the features against a direct DFT and the HTK mel formula written out in
+the test, and the resampler against sines of known frequency. This module is
+plain numpy (no torch, no torchaudio) so that worker processes stay light.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -80,17 +84,61 @@ def _window() -> np.ndarray:
     return window
 
 
-def resample(wave: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """(N,) at ``sample_rate`` -> (N',) float32 at ``target_rate`` (torchaudio sinc resampler)."""
-    wave = np.asarray(wave, dtype=np.float32)
-    if int(sample_rate) == int(target_rate):
-        return wave
-    import torch
-    import torchaudio.functional as AF
+# Resampling: a windowed-sinc low-pass evaluated at each output instant, with the
+# kernel of torchaudio.functional.resample's defaults (the two agree to float32
+# rounding, so features do not depend on which of them made them).
+RESAMPLE_ZERO_CROSSINGS = 6  # the sinc is cut by a Hann window after 6 zero crossings each side
+RESAMPLE_ROLLOFF = 0.99  # cutoff: 0.99 x the lower of the two Nyquist frequencies
+_RESAMPLE_CHUNK = 1 << 15  # output samples per block: bounds the (chunk, taps) gather
 
-    with torch.no_grad():
-        out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), int(sample_rate), int(target_rate))
-    return out.numpy().astype(np.float32, copy=False)
+
+@lru_cache(maxsize=16)
+def _resample_taps(orig: int, new: int) -> tuple[np.ndarray, int]:
+    """Weights of the windowed sinc for rates reduced by their gcd: ((new, taps) float64, width).
+
+    Output sample m (time m / new, in units of the gcd period) is the weighted sum of the
+    input samples n = m * orig // new - width + j, j in 0..taps-1, with weight h(t) at
+    t = cutoff * (n / orig - m / new), the distance in cutoff periods; h depends on m
+    only through its phase m % new, hence one row per phase.
+    """
+    cutoff = min(orig, new) * RESAMPLE_ROLLOFF
+    width = math.ceil(RESAMPLE_ZERO_CROSSINGS * orig / cutoff)  # input samples each side
+    phase = np.arange(new)[:, None]  # (new, 1)
+    n = (phase * orig) // new - width + np.arange(2 * width + 2)[None, :]  # (new, taps) input index
+    t = cutoff * (n * new - phase * orig) / (orig * new)  # (new, taps), exact integer numerator
+    window = np.cos(np.pi * t / (2 * RESAMPLE_ZERO_CROSSINGS)) ** 2  # Hann over |t| < 6
+    taps = np.where(np.abs(t) < RESAMPLE_ZERO_CROSSINGS, np.sinc(t) * window * (cutoff / orig), 0.0)
+    taps.setflags(write=False)
+    return taps, width
+
+
+def resample(wave: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) at ``sample_rate`` -> (N',) float32 at ``target_rate``, N' = ceil(N * target_rate / sample_rate).
+
+    Band-limited interpolation: a Hann-windowed sinc low-pass with its cutoff at 0.99 x the
+    lower Nyquist frequency, so downsampling removes what the new rate cannot hold instead of
+    folding it back (a tone at 1.25 x the new Nyquist comes out more than 40 dB down), and
+    upsampling adds no images. Samples beyond the ends count as zeros. The same wave comes
+    back (as float32) when the rates are equal.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if int(sample_rate) <= 0 or int(target_rate) <= 0:
+        raise ValueError(f"resample: sample rates must be positive, got {sample_rate} -> {target_rate}")
+    gcd = math.gcd(int(sample_rate), int(target_rate))
+    orig, new = int(sample_rate) // gcd, int(target_rate) // gcd
+    if orig == new:
+        return wave
+    taps, width = _resample_taps(orig, new)  # (new, 2 * width + 2)
+    n_out = -(-wave.size * new // orig)  # ceil(N * new / orig)
+    x = np.pad(wave.astype(np.float64), (width, width + 1))  # zeros beyond both ends
+    out = np.empty(n_out, dtype=np.float32)
+    offsets = np.arange(taps.shape[1])  # (taps,)
+    for start in range(0, n_out, _RESAMPLE_CHUNK):
+        m = np.arange(start, min(start + _RESAMPLE_CHUNK, n_out))  # (M,) output indices
+        first = (m * orig) // new  # (M,) x[first] is input sample m * orig // new - width
+        segments = x[first[:, None] + offsets]  # (M, taps)
+        out[start : start + m.size] = np.einsum("mt,mt->m", segments, taps[m % new])  # (M, taps) -> (M,)
+    return out
 
 
 def log_mel(wave: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> np.ndarray:
