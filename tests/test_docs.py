@@ -13,8 +13,6 @@ from src.config import Config, load_config, render_yaml
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED = [*DOCS, ROOT / "RESULTS.md"]  # RESULTS.md's commands are those of their day; its links are checked
-# Linked from the README and written in its own change; drop it here once it is in the tree.
-WRITTEN_ELSEWHERE = {ROOT / "docs" / "install.md"}
 
 COMMAND = re.compile(r"python (?:train|test)\.py\b[^`\n]*|torchrun [^`\n]*?train\.py\b[^`\n]*")
 OVERRIDE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+=")
@@ -83,8 +81,7 @@ def test_links_resolve(path):
         file_part, _, anchor = target.partition("#")
         linked = (path.parent / file_part).resolve() if file_part else path
         if not linked.exists():
-            if linked not in WRITTEN_ELSEWHERE:
-                broken.append(f"{target}: no such file")
+            broken.append(f"{target}: no such file")
             continue
         if anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(f"{target}: no heading with that anchor in {doc_id(linked)}")
