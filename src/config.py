@@ -30,6 +30,9 @@ from src.models.registry import families
 class DataConfig:
     """Where the data is and how it is batched (shared by every model family)."""
 
+    RANGES = {"n_mels": "[1, 512]", "normalize": "none | utterance", "max_frames_per_batch": "[1, 100000000]",
+              "max_utterances_per_batch": "[1, 1000000]", "num_workers": "auto | [0, 256]"}  # what each setting accepts (check_ranges)
+
     root: str = DEFAULT_DATA_ROOT  # competition layout; the bundled sample if absent
     train_partition: str = "train-clean-100"  # or train-clean-360, train-clean-460
     dev_partition: str = "dev-clean"  # scored after every epoch
@@ -47,6 +50,9 @@ class DataConfig:
 class TeacherForcingConfig:
     """Teacher forcing rate: constant, then decays in stages once triggered (checked after each epoch)."""
 
+    RANGES = {"start": "[0, 1]", "trigger": "epoch | aligned | dev_error", "trigger_epoch": "[0, 1000000]",
+              "trigger_alignment": "[0, 1]", "trigger_dev_cer": "[0, 100]"}  # what each setting accepts (check_ranges)
+
     start: float = 1.0  # rate before the decay is triggered
     trigger: str = "dev_error"  # epoch | aligned | dev_error: what starts the decay (latched once met)
     trigger_epoch: int = 0  # trigger=epoch: decay after every epoch from this one (0-based)
@@ -58,6 +64,11 @@ class TeacherForcingConfig:
 @dataclass
 class SpecAugmentConfig:
     """Masks (Park et al., 2019), VTLP and speed perturbation on training batches (src/data/augment.py)."""
+
+    RANGES = {"trigger": "overfit | progress", "start": "-1 | [0, 1]", "until": "[0, 1]", "ramp": "[0, 1]",
+              "freq_mask": "[0, 512]", "n_freq_masks": "[0, 100]", "time_mask": "[0, 100000]",
+              "n_time_masks": "[0, 100]", "freq_warp": "[0, 0.5]", "time_stretch": "[0, 0.5]",
+              "perturb": "always | with_masks"}  # what each setting accepts (check_ranges)
 
     trigger: str = "overfit"  # overfit: masks from the first epoch with train loss < dev loss | progress
     start: float = 0.0  # progress (0-1) before which there are no masks; -1: no masks at all
@@ -76,6 +87,14 @@ class SpecAugmentConfig:
 class TrainingConfig:
     """Optimisation, schedules, checkpoints (src/training/); attention families only: teacher forcing,
     guided attention."""
+
+    RANGES = {"epochs": "[1, 1000000]", "lr": "(0, 10]", "weight_decay": "[0, 10]", "sortagrad_epochs": "[0, 1000000]",
+              "warmup_steps": "[0, 1000000000]", "scheduler": "wsd | cosine | plateau", "decay_fraction": "(0, 1]",
+              "min_lr": "[0, 10]", "plateau_factor": "(0, 1]", "plateau_patience": "[0, 1000000]",
+              "grad_clip": "[0, 1000000]", "label_smoothing": "[0, 1)", "ctc_weight": "[0, 1]",
+              "guided_attention": "[0, 1000]", "guided_attention_sigma": "(0, 10]", "amp": "auto | bf16 | fp16 | none",
+              "seed": "[0, 4294967295]", "keep_epochs": "[0, 1000000]", "checkpoint_every_minutes": "[0, 10000000]",
+              "max_minutes": "[0, 100000000]", "dev_max_utterances": "[0, 1000000000]", "dev_decoder": "greedy | test"}  # what each setting accepts (check_ranges)
 
     epochs: int = 30  # passes over the training partition
     lr: float = 3e-3  # AdamW peak learning rate (after warmup)
@@ -114,6 +133,10 @@ class TrainingConfig:
 class DecodingConfig:
     """How test.py, transcribe.py and dev scoring turn encoder output into text."""
 
+    RANGES = {"method": "greedy | beam", "beam_size": "[1, 1000]", "length_penalty": "[0, 10]",
+              "max_chars_per_frame": "(0, 10]", "max_length_min": "[0, 1000000]", "ctc_weight": "[0, 1]",
+              "lm_weight": "[0, 1000]", "length_bonus": "[-1000, 1000]", "batch_size": "[1, 1000000]"}  # what each setting accepts (check_ranges)
+
     method: str = "beam"  # greedy | beam
     beam_size: int = 10  # K hypotheses kept per utterance (beam)
     length_penalty: float = 1.0  # rank finished hypotheses by score / length ** this; 0 = total log-prob
@@ -129,6 +152,8 @@ class DecodingConfig:
 @dataclass
 class LoggingConfig:
     """Where a run writes, and what it reports."""
+
+    RANGES = {"wandb": "online | offline | disabled", "log_every": "[1, 1000000000]"}  # what each setting accepts (check_ranges)
 
     run_dir: str = "runs/las"  # checkpoints, resolved config, attention maps, train.log
     wandb: str = "offline"  # online | offline | disabled (offline needs no account; wandb sync uploads)
@@ -251,6 +276,9 @@ def _build(cls: type, values: dict, prefix: str, source: str) -> Any:
             kwargs[key] = _build(typ, value or {}, dotted + ".", source)
         else:
             kwargs[key] = _coerce(value, typ, dotted, source)
+            spec = getattr(cls, "RANGES", {}).get(key)
+            if spec is not None and not allowed(spec, kwargs[key]):  # before __post_init__ compares settings
+                raise UserError(f"{source}: '{dotted}' must be {spec}; got {kwargs[key]!r}")
     return cls(**kwargs)
 
 
@@ -373,6 +401,10 @@ def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | 
                             f"as {key}.{_all_keys(typ)[0]}=VALUE")
         if not dataclasses.is_dataclass(typ):
             value = _coerce(value, typ, key, "command line")
+            parent, _, name = key.rpartition(".")
+            spec = getattr(_type_of(parent) if parent else Config, "RANGES", {}).get(name)
+            if spec is not None and not allowed(spec, value):
+                raise UserError(f"command line: '{key}' must be {spec}; got {value!r}")
         _set_dotted(tree, key, value, "command line")
     cfg = _build(Config, tree, "", source)
     validate(cfg)
@@ -384,64 +416,37 @@ def _choice(value: str, allowed: tuple[str, ...], key: str) -> None:
         raise UserError(f"config: '{key}' must be one of {', '.join(allowed)}; got '{value}'")
 
 
+def allowed(spec: str, value: Any) -> bool:
+    """Whether ``value`` is one of the alternatives of ``spec``, written as in RANGES: intervals
+    ``[lo, hi]`` / ``(lo, hi]`` ..., or literal words and numbers, joined by `` | ``. NaN is in no interval."""
+    for part in spec.split(" | "):
+        part = part.strip()
+        if part[0] in "[(":
+            lo, hi = (float(x) for x in part[1:-1].split(","))
+            if isinstance(value, str) and value.isdigit():  # data.num_workers: "auto" or a count
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            above = value >= lo if part[0] == "[" else value > lo
+            below = value <= hi if part[-1] == "]" else value < hi
+            if above and below:
+                return True
+        elif str(value) == part or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                    and part.lstrip("-").replace(".", "", 1).isdigit() and value == float(part)):
+            return True
+    return False
+
+
 def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express."""
-    _choice(cfg.data.normalize, ("none", "utterance"), "data.normalize")
-    if not (cfg.data.num_workers == "auto" or str(cfg.data.num_workers).isdigit()):
-        raise UserError(f"config: 'data.num_workers' must be auto or a whole number >= 0; got '{cfg.data.num_workers}'")
+    """What each section's RANGES cannot express (those are checked as values are read: _build)."""
     _choice(cfg.model.family, tuple(families()), "model.family")
-    _choice(cfg.training.scheduler, ("cosine", "wsd", "plateau"), "training.scheduler")
-    if not 0.0 < cfg.training.decay_fraction <= 1.0:
-        raise UserError(f"config: 'training.decay_fraction' must be in (0, 1]; got {cfg.training.decay_fraction}")
-    _choice(cfg.training.amp, ("auto", "bf16", "fp16", "none"), "training.amp")
-    _choice(cfg.training.specaugment.trigger, ("overfit", "progress"), "training.specaugment.trigger")
-    _choice(cfg.training.specaugment.perturb, ("with_masks", "always"), "training.specaugment.perturb")
-    _choice(cfg.training.teacher_forcing.trigger, ("epoch", "aligned", "dev_error"), "training.teacher_forcing.trigger")
-    _choice(cfg.decoding.method, ("greedy", "beam"), "decoding.method")
-    _choice(cfg.training.dev_decoder, ("greedy", "test"), "training.dev_decoder")
-    _choice(cfg.logging.wandb, ("online", "offline", "disabled"), "logging.wandb")
-    for key, value in [
-        ("data.n_mels", cfg.data.n_mels),
-        ("data.max_frames_per_batch", cfg.data.max_frames_per_batch),
-        ("data.max_utterances_per_batch", cfg.data.max_utterances_per_batch),
-        ("decoding.beam_size", cfg.decoding.beam_size),
-        ("decoding.batch_size", cfg.decoding.batch_size),
-        ("training.epochs", cfg.training.epochs),
-    ]:
-        if value < 1:
-            raise UserError(f"config: '{key}' must be at least 1; got {value}")
-    if cfg.training.keep_epochs < 0:
-        raise UserError(f"config: 'training.keep_epochs' must be at least 0; got {cfg.training.keep_epochs}")
-    if cfg.decoding.lm_weight < 0.0:
-        raise UserError(f"config: 'decoding.lm_weight' must be at least 0; got {cfg.decoding.lm_weight}")
     if cfg.decoding.lm_weight > 0.0 and not cfg.decoding.lm:
         raise UserError("config: 'decoding.lm_weight' > 0 needs 'decoding.lm', a file from python -m src.lm build; "
                         "set decoding.lm=PATH or decoding.lm_weight=0")
-    if not 0.0 <= cfg.decoding.ctc_weight <= 1.0:
-        raise UserError(f"config: 'decoding.ctc_weight' must be in [0, 1]; got {cfg.decoding.ctc_weight}")
-    if cfg.decoding.max_chars_per_frame <= 0.0 or cfg.decoding.max_length_min < 0:
-        raise UserError(
-            "config: 'decoding.max_chars_per_frame' must be > 0 and 'decoding.max_length_min' >= 0; got "
-            f"{cfg.decoding.max_chars_per_frame} and {cfg.decoding.max_length_min}"
-        )
-    if not 0.0 <= cfg.training.ctc_weight <= 1.0:
-        raise UserError(f"config: 'training.ctc_weight' must be in [0, 1]; got {cfg.training.ctc_weight}")
-    sa = cfg.training.specaugment
-    if not (sa.start == -1 or 0.0 <= sa.start <= 1.0) or sa.ramp < 0.0:
-        raise UserError("config: 'training.specaugment.start' must be in [0, 1] (or -1 to disable) and "
-                        f"'training.specaugment.ramp' at least 0; got {sa.start} and {sa.ramp}")
-    if not 0.0 <= sa.freq_warp <= 0.5:
-        raise UserError(f"config: 'training.specaugment.freq_warp' must be in [0, 0.5] (0.1: +-10%); got {sa.freq_warp}")
-    if not 0.0 <= sa.time_stretch <= 0.5:
-        raise UserError(f"config: 'training.specaugment.time_stretch' must be in [0, 0.5] (0.1: +-10%); got {sa.time_stretch}")
-    if not 0.0 <= sa.until <= 1.0:
-        raise UserError(f"config: 'training.specaugment.until' must be in [0, 1] (1 = the end of training); got {sa.until}")
     for stage in cfg.training.teacher_forcing.stages:
-        if not (isinstance(stage, list) and len(stage) == 2):
-            raise UserError(
-                "config: 'training.teacher_forcing.stages' must be a list of [factor, floor] pairs; "
-                f"got {stage!r}"
-            )
+        if not (isinstance(stage, list) and len(stage) == 2 and all(allowed("[0, 1]", x) for x in stage)):
+            raise UserError("config: 'training.teacher_forcing.stages' must be a list of [factor, floor] pairs, "
+                            f"each in [0, 1]; got {stage!r}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -450,7 +455,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def build_section(cls: type, values: dict, prefix: str, source: str) -> Any:
-    """A config dataclass ``cls`` from plain ``values`` (a checkpoint's dict): types checked,
+    """A config dataclass ``cls`` from plain ``values`` (a checkpoint's dict): types and ranges checked,
     unknown keys rejected as in config.yaml, with ``prefix`` naming the section in errors."""
     return _build(cls, values, prefix, source)
 

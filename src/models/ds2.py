@@ -43,6 +43,9 @@ class DS2Config:
     Time reduction 4 gives 25 frames/s, room for LibriSpeech's ~15 characters/s and a blank between
     doubled letters."""
 
+    RANGES = {"conv_channels": "[1, 4096]", "time_reduction": "2 | 4", "rnn_type": "gru | lstm",
+              "rnn_layers": "[1, 64]", "rnn_hidden": "[1, 8192]", "dropout": "[0, 1)", "lookahead": "[0, 10000]"}  # what each setting accepts (src/config.py: check_ranges)
+
     conv_channels: int = 32  # channels of both Conv2d layers (kernel 11x11 over time x frequency)
     time_reduction: int = 4  # 2 | 4: T' = ceil(T / time_reduction) frames of CTC output
     rnn_type: str = "gru"  # gru | lstm
@@ -53,17 +56,9 @@ class DS2Config:
     lookahead: int = 0  # unidirectional only: frames of future context (row convolution; 0 = none)
 
     def __post_init__(self) -> None:
-        if self.lookahead < 0:
-            raise UserError(f"config: 'model.ds2.lookahead' must be at least 0; got {self.lookahead}")
         if self.bidirectional and self.lookahead:
             raise UserError("config: 'model.ds2.lookahead' is for a unidirectional model; set "
                             "model.ds2.bidirectional=false or model.ds2.lookahead=0")
-        if self.time_reduction not in (2, 4):
-            raise UserError(f"config: 'model.ds2.time_reduction' must be 2 or 4; got {self.time_reduction}")
-        if self.rnn_type not in ("gru", "lstm"):
-            raise UserError(f"config: 'model.ds2.rnn_type' must be gru or lstm; got '{self.rnn_type}'")
-        if min(self.conv_channels, self.rnn_layers, self.rnn_hidden) < 1:
-            raise UserError("config: 'model.ds2.conv_channels', 'rnn_layers' and 'rnn_hidden' must be at least 1")
 
 
 def ds2_output_lengths(lengths, time_reduction: int):

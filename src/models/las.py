@@ -48,6 +48,11 @@ class LASConfig:
     """Listen, Attend and Spell's sizes (``model.las``). The defaults (3.4M parameters) learn fast on a
     CPU; the paper's listener is conv_stride 1, listener_layers 3, ctc_layer 2, wider layers."""
 
+    RANGES = {"conv_channels": "[1, 8192]", "conv_stride": "[1, 64]", "listener_hidden": "[1, 8192]",
+              "listener_layers": "[1, 16]", "locked_dropout": "[0, 1)", "attention_dim": "[1, 8192]",
+              "embedding_dim": "[1, 8192]", "speller_hidden": "[1, 8192]", "speller_dropout": "[0, 1)",
+              "ctc_layer": "[1, 16]"}  # what each setting accepts (src/config.py: check_ranges)
+
     conv_channels: int = 128  # Conv1d front end output channels
     conv_stride: int = 2  # Conv1d front end stride; T' = ceil(T / stride / 2**listener_layers)
     listener_hidden: int = 192  # H of each BLSTM direction
@@ -63,8 +68,6 @@ class LASConfig:
     ctc_layer: int = 1  # pBLSTM layer (1..listener_layers) feeding the CTC head
 
     def __post_init__(self) -> None:
-        if self.conv_stride < 1:
-            raise UserError(f"config: 'model.las.conv_stride' must be at least 1; got {self.conv_stride}")
         if self.ctc_head and not 1 <= self.ctc_layer <= self.listener_layers:
             raise UserError(f"config: 'model.las.ctc_layer' must be in 1..{self.listener_layers} "
                             f"(model.las.listener_layers); got {self.ctc_layer}")

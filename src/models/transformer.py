@@ -60,6 +60,10 @@ class TransformerConfig:
     """Transformer / Conformer encoder-decoder sizes (``model.transformer``); about 3.7M parameters at
     the defaults."""
 
+    RANGES = {"block": "conformer | transformer", "d_model": "[1, 8192]", "heads": "[1, 256]",
+              "ffn_dim": "[1, 65536]", "encoder_layers": "[1, 128]", "decoder_layers": "[1, 128]",
+              "conv_kernel": "[1, 1023]", "front_end_channels": "[1, 4096]", "dropout": "[0, 1)"}  # what each setting accepts (src/config.py: check_ranges)
+
     block: str = "conformer"  # conformer | transformer: the encoder's blocks
     d_model: int = 144  # width of every layer
     heads: int = 4  # attention heads (d_model must divide by it)
@@ -71,18 +75,11 @@ class TransformerConfig:
     dropout: float = 0.1  # attention, feed-forward and embedding dropout
 
     def __post_init__(self) -> None:
-        if self.block not in ("conformer", "transformer"):
-            raise UserError(f"config: 'model.transformer.block' must be conformer or transformer; got '{self.block}'")
-        if min(self.d_model, self.heads, self.ffn_dim, self.encoder_layers, self.decoder_layers,
-               self.front_end_channels) < 1:
-            raise UserError("config: 'model.transformer' sizes and layer counts must be at least 1")
         if self.d_model % self.heads:
             raise UserError(f"config: 'model.transformer.d_model' ({self.d_model}) must be a multiple of "
                             f"'model.transformer.heads' ({self.heads})")
-        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+        if self.conv_kernel % 2 == 0:
             raise UserError(f"config: 'model.transformer.conv_kernel' must be odd; got {self.conv_kernel}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"config: 'model.transformer.dropout' must be in [0, 1); got {self.dropout}")
 
 
 def transformer_output_lengths(lengths, subsampling: int = 4):
