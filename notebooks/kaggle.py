@@ -50,7 +50,7 @@ def setting(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
-ON_COLAB = "google.colab" in sys.modules or Path("/content").is_dir() and not Path("/kaggle").is_dir()
+ON_COLAB = "google.colab" in sys.modules or (Path("/content").is_dir() and not Path("/kaggle").is_dir())
 INPUT = Path(setting("ASR_INPUT", "/content" if ON_COLAB else "/kaggle/input"))
 WORKING = Path(setting("ASR_WORKING", "/content/drive/MyDrive/asr" if ON_COLAB else "/kaggle/working"))
 PRESET = setting("ASR_PRESET", "auto")
