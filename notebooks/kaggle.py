@@ -156,18 +156,20 @@ print(f"torch {torch.__version__}, CUDA {'yes: ' + torch.cuda.get_device_name(0)
 # ## The data
 #
 # The folder under `ASR_INPUT` that holds `train-clean-100/mfcc` (the competition's
-# `11-785-f23-hw4p2/`, wherever Kaggle mounts it); the bundled sample `data/sample` when there is
-# none, so the notebook runs end to end anywhere.
+# `11-785-f23-hw4p2/`, wherever Kaggle mounts it; of several, the one with the most utterances);
+# the bundled sample `data/sample` when there is none, so the notebook runs end to end anywhere.
 
 # %%
 def find_data() -> Path:
     if os.environ.get("ASR_DATA"):
         return Path(os.environ["ASR_DATA"])
-    for folder, dirs, _ in walk(INPUT):
-        if "train-clean-100" in dirs and (folder / "train-clean-100" / "mfcc").is_dir():
-            return folder
-    print(f"no train-clean-100/mfcc under {INPUT}: using the bundled sample")
-    return CODE / "data" / "sample"
+    found = [folder for folder, dirs, _ in walk(INPUT)
+             if "train-clean-100" in dirs and (folder / "train-clean-100" / "mfcc").is_dir()]
+    if not found:
+        print(f"no train-clean-100/mfcc under {INPUT}: using the bundled sample")
+        return CODE / "data" / "sample"
+    # the most utterances: the competition's data, not the sample inside an attached copy of the code
+    return max(found, key=lambda folder: sum(1 for _ in os.scandir(folder / "train-clean-100" / "mfcc")))
 
 
 DATA = find_data()
