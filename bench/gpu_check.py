@@ -99,11 +99,11 @@ def preset_config(name: str, tiny: bool, device: str):
 
     cfg = load_config(ROOT / "config.yaml", [f"training.device={device}"], preset=name)
     if tiny:
-        data = cfg.data
+        utts, frames = min(8, cfg.data.max_utterances_per_batch), cfg.data.max_frames_per_batch // 10
         cfg = load_config(ROOT / "config.yaml", [f"training.device={device}", *TINY_MODELS[cfg.model.family],
-                                                  f"data.max_utterances_per_batch={min(8, data.max_utterances_per_batch)}",
-                                                  f"data.max_frames_per_batch={data.max_frames_per_batch // 10}",
-                                                  "decoding.beam_size=4"], preset=name)
+                                                  f"data.max_utterances_per_batch={utts}",
+                                                  f"data.max_frames_per_batch={frames}", "decoding.beam_size=4"],
+                          preset=name)
     return cfg
 
 
@@ -157,27 +157,30 @@ def train_check(name: str, cfg, device, dtype, batches: list, steps: int, deadli
     reset_peak(device)
     losses, timed_utts, start = [], 0, None
     warm = max(1, steps // 4)
-    for i in range(steps):
-        if time.monotonic() > deadline:
-            break
-        if i == min(2, steps - 1):  # the first steps pay for kernel selection and allocation
-            synchronize(device)
-            start = time.perf_counter()
-        batch = batches[i % len(batches)]
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.training.lr * min(1.0, (i + 1) / warm)
-        with autocast(device, dtype):
-            out = compute_loss(model, batch, **options)
-        scaler.scale(out.loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(out.loss.detach()))
-        if start is not None:
-            timed_utts += len(batch)
-    synchronize(device)
+    try:
+        for i in range(steps):
+            if time.monotonic() > deadline:
+                break
+            if i == min(2, steps - 1):  # the first steps pay for kernel selection and allocation
+                synchronize(device)
+                start = time.perf_counter()
+            batch = batches[i % len(batches)]
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.training.lr * min(1.0, (i + 1) / warm)
+            with autocast(device, dtype):
+                out = compute_loss(model, batch, **options)
+            scaler.scale(out.loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(out.loss.detach()))
+            if start is not None:
+                timed_utts += len(batch)
+        synchronize(device)
+    except torch.OutOfMemoryError:
+        return Row(name, f"train {label}", "no", notes=f"out of memory at step {len(losses) + 1}")
     seconds = time.perf_counter() - start if start is not None else math.nan
     k = len(batches)
     if len(losses) < 2 * k:
@@ -185,7 +188,8 @@ def train_check(name: str, cfg, device, dtype, batches: list, steps: int, deadli
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
     finite = all(math.isfinite(x) for x in losses)
     fell = finite and last < first
-    shape = f"{sum(len(b) for b in batches) / k:.0f} utts x {sum(int(b.feature_lens.max()) for b in batches) / k:.0f} frames"
+    utts, frames = sum(len(b) for b in batches) / k, sum(int(b.feature_lens.max()) for b in batches) / k
+    shape = f"{utts:.0f} utts x {frames:.0f} frames"
     return Row(name, f"train {label}", "yes" if fell else "no", timed_utts / seconds, peak_gib(device),
                f"{n_params / 1e6:.2f}M params; loss {first:.3f} -> {last:.3f} ({'fell' if fell else 'did not fall'}"
                f"{'' if finite else ', NOT FINITE'}); {len(losses)} steps over {k} batches of about {shape}")
@@ -243,7 +247,7 @@ def make_small(batch, n: int):
     return collate(items)
 
 
-def ddp_check(name: str, extra: list[str]) -> Row:
+def ddp_check(name: str, extra: list[str], deadline: float) -> Row:
     """torchrun --nproc_per_node=2 train.py on a toy corpus, when two GPUs exist."""
     import torch
 
@@ -256,11 +260,16 @@ def ddp_check(name: str, extra: list[str]) -> Row:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = make_toy_corpus(Path(tmp) / "corpus", n_train=64, n_dev=8)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               "--preset", name, f"data.root={corpus}", f"logging.run_dir={Path(tmp) / 'run'}", "logging.wandb=disabled",
-               "data.check=false", "data.max_utterances_per_batch=8", "training.epochs=2", "training.final_check=false",
+               "--preset", name, f"data.root={corpus}", f"logging.run_dir={Path(tmp) / 'run'}",
+               "logging.wandb=disabled", "data.check=false", "data.max_utterances_per_batch=8", "training.epochs=2",
+               "training.final_check=false",
                *extra]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=max(60.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as err:
+            return Row(name, "torchrun 2 GPUs", "no", notes=f"still running after {err.timeout:.0f} s (--minutes)")
         seconds = time.perf_counter() - start
     ok = proc.returncode == 0 and "x2 ranks" in proc.stdout + proc.stderr
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] if not ok else []
@@ -294,7 +303,8 @@ def precisions(device, model_has_rnn: bool) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(GPU_PRESETS), help="comma-separated presets (configs/NAME.yaml)")
-    parser.add_argument("--steps", type=count, default=None, help="training steps per precision (default 30; --tiny 12)")
+    parser.add_argument("--steps", type=count, default=None,
+                        help="training steps per precision (default 30; --tiny 12)")
     parser.add_argument("--minutes", type=positive, default=8.0, help="time budget; later checks are skipped past it")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--tiny", action="store_true", help="tiny models, short batches: the CPU path in seconds")
@@ -311,7 +321,8 @@ def main() -> int:
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = [p for p in presets if p not in preset_names()]
     if unknown or not presets:
-        raise UserError(f"--presets {args.presets}: no such preset {', '.join(unknown)}; choose from {', '.join(preset_names())}")
+        raise UserError(f"--presets {args.presets}: no such preset {', '.join(unknown)}; "
+                        f"choose from {', '.join(preset_names())}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible; run on a GPU machine or use --device cpu --tiny")
     device = torch.device(args.device)
@@ -356,7 +367,8 @@ def main() -> int:
             torch.cuda.empty_cache()
     if device.type == "cuda":
         family = preset_config(presets[0], False, args.device).model.family
-        rows.append(ddp_check(presets[0], TINY_MODELS[family] if args.tiny else []) if time.monotonic() < deadline
+        extra = TINY_MODELS[family] if args.tiny else []
+        rows.append(ddp_check(presets[0], extra, deadline) if time.monotonic() < deadline
                     else Row(presets[0], "torchrun 2 GPUs", "skipped", notes="past --minutes"))
     else:
         print("ddp: skipped, torchrun with nccl needs two CUDA GPUs", flush=True)

@@ -150,7 +150,8 @@ if setting("ASR_PIP", "1") != "0":
         print("every package of requirements.txt is installed (torch and torchaudio left as they are)")
 import torch  # noqa: E402
 
-print(f"torch {torch.__version__}, CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (training on the CPU: slow)"
+print(f"torch {torch.__version__}, GPU: {gpu}")
 
 # %% [markdown]
 # ## The data
