@@ -214,7 +214,7 @@ RESUME = find_resume()
 earlier = minutes_so_far(RESUME or RUN_DIR / "last.pt")
 budget = earlier + MINUTES
 print(f"resume: {RESUME or (RUN_DIR / 'last.pt' if earlier else 'none, a new run')}; "
-      f"{earlier:.1f} minutes so far, budget {budget:.1f}")
+      f"{earlier:.1f} minutes so far, budget {budget:g} (training.max_minutes)")
 
 # %% [markdown]
 # ## Train
