@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,9 +201,14 @@ class Config:
 # Loading
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     """Field name -> its type; a section assembled at run time (``model``) names its class maker."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     return {f.name: f.metadata["section"]() if "section" in f.metadata else hints[f.name]
             for f in dataclasses.fields(cls)}
 
