@@ -56,7 +56,8 @@ def ctc_prefix_scorer(encoded: EncoderOutput) -> CTCPrefixScorer:
 
 
 def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
-    """(weight of the model's own log-probs, [(weight, scorer factory), ...]) as ``decoding_cfg`` asks."""
+    """(weight of the model scorer, [(weight, scorer factory), ...] fused after it) as ``decoding_cfg`` asks:
+    the model weighs 1 - ctc_weight, then CTC (ctc_weight), the LM (lm_weight), the length bonus."""
     scorers = []
     ctc_weight = decoding_cfg.ctc_weight
     if ctc_weight > 0.0 and encoded.ctc_log_probs is None:
