@@ -17,8 +17,8 @@ one fills the whole length limit), so the empty line is the honest answer.
 Every transcript is also bounded by what its audio can hold:
 ``max(decoding.max_length_min, ceil(decoding.max_chars_per_frame * T))``
 characters for T 10 ms frames (25 characters per second by default; LibriSpeech
-speakers say about 15). The decoders already stop there; :func:`transcribe`
-truncates to the same bound so that the guarantee holds whatever decoder runs.
+speakers say about 15): src/decoding's one length policy, which bounds whatever
+decoder runs.
 
 Exit codes: 0 when at least one file held speech and was transcribed; 1 when
 every file was skipped for holding no speech (each has its warning, and stdout
@@ -30,7 +30,6 @@ checkpoint), before anything is decoded.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +93,6 @@ def read_wave(path: Path) -> tuple[np.ndarray, int]:
     return wave, sample_rate
 
 
-def max_characters(frames: int, decoding: DecodingConfig) -> int:
-    """The most characters audio of ``frames`` 10 ms frames can hold (the decoders' length policy)."""
-    return max(int(decoding.max_length_min), math.ceil(decoding.max_chars_per_frame * frames))
-
-
 @dataclass
 class _Prepared:
     path: Path
@@ -157,7 +151,7 @@ def transcribe(
             for k, i in enumerate(chunk)
         ]
         for i, text in zip(chunk, decode_batch(model, collate(items), decoding)):
-            texts[i] = text[: max_characters(prepared[i].frames, decoding)]
+            texts[i] = text
     return texts
 
 

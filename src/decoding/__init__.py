@@ -105,9 +105,16 @@ def _warn_once(message: str) -> None:
 def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, decoding_cfg) -> list[list[int]]:
     """Token ids (no <sos>/<eos>) for an already encoded batch, as ``decoding_cfg`` says.
 
-    feature_lens (B,): input frames per utterance, for the length policy.
+    feature_lens (B,): input frames per utterance, for the length policy, which bounds the output of
+    every decoder here, whatever the decoder did (the one place: :func:`max_output_lengths`).
     """
     max_lens = max_output_lengths(feature_lens, decoding_cfg.max_chars_per_frame, decoding_cfg.max_length_min)
+    ids = _decode(model, encoded, max_lens, decoding_cfg)
+    return [row[: int(limit)] for row, limit in zip(ids, max_lens.tolist())]
+
+
+def _decode(model, encoded: EncoderOutput, max_lens: torch.Tensor, decoding_cfg) -> list[list[int]]:
+    """The decoder the model's capabilities and ``decoding_cfg`` call for."""
     greedy = decoding_cfg.method == "greedy" or (decoding_cfg.beam_size == 1 and decoding_cfg.ctc_weight == 0.0
                                                   and decoding_cfg.lm_weight == 0.0 and decoding_cfg.length_bonus == 0.0)
     if is_step_decoder(model):
@@ -122,16 +129,14 @@ def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, de
 
         log_probs, lens = encoded.ctc_log_probs, encoded.ctc_lens
         if greedy:
-            ids = ctc_decode.ctc_greedy(log_probs, lens)
-        else:
-            fusion = {}
-            if decoding_cfg.lm_weight > 0.0:
-                from src.decoding.lm import load_packed_lm
+            return ctc_decode.ctc_greedy(log_probs, lens)
+        fusion = {}
+        if decoding_cfg.lm_weight > 0.0:
+            from src.decoding.lm import load_packed_lm
 
-                fusion = {"lm": load_packed_lm(decoding_cfg.lm), "lm_weight": decoding_cfg.lm_weight}
-            ids = ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size,
-                                                    length_bonus=decoding_cfg.length_bonus, **fusion)
-        return [row[: int(limit)] for row, limit in zip(ids, max_lens.tolist())]
+            fusion = {"lm": load_packed_lm(decoding_cfg.lm), "lm_weight": decoding_cfg.lm_weight}
+        return ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size,
+                                                 length_bonus=decoding_cfg.length_bonus, **fusion)
     raise UserError(f"model family '{getattr(model, 'family', type(model).__name__)}' offers neither a step "
                     "decoder nor CTC log-probs; it cannot be decoded")
 
