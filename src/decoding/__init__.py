@@ -23,9 +23,11 @@ import warnings
 
 import torch
 
+from src.decoding import ctc_decode
 from src.decoding.beam import Hypothesis, beam_search, length_normalised
 from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.decoding.greedy import greedy_decode, max_output_lengths, next_token_log_probs, score_sequences
+from src.decoding.lm import CharLMScorer, load_lm, load_packed_lm
 from src.errors import UserError
 from src.models.interface import EncoderOutput, is_step_decoder
 from src.vocab import EOS, VOCAB
@@ -67,8 +69,6 @@ def scorers_for(encoded: EncoderOutput, decoding_cfg) -> tuple[float, list]:
     if ctc_weight > 0.0:
         scorers.append((ctc_weight, ctc_prefix_scorer))
     if decoding_cfg.lm_weight > 0.0:
-        from src.decoding.lm import CharLMScorer, load_lm
-
         lm = load_lm(decoding_cfg.lm)
         scorers.append((decoding_cfg.lm_weight, lambda enc: CharLMScorer(lm, enc.lens.shape[0])))
     if decoding_cfg.length_bonus != 0.0:
@@ -125,15 +125,11 @@ def _decode(model, encoded: EncoderOutput, max_lens: torch.Tensor, decoding_cfg)
                            scorers=scorers, attention_weight=attention_weight,
                            ranker=length_normalised(decoding_cfg.length_penalty))
     if encoded.ctc_log_probs is not None:
-        from src.decoding import ctc_decode
-
         log_probs, lens = encoded.ctc_log_probs, encoded.ctc_lens
         if greedy:
             return ctc_decode.ctc_greedy(log_probs, lens)
         fusion = {}
         if decoding_cfg.lm_weight > 0.0:
-            from src.decoding.lm import load_packed_lm
-
             fusion = {"lm": load_packed_lm(decoding_cfg.lm), "lm_weight": decoding_cfg.lm_weight}
         return ctc_decode.ctc_prefix_beam_search(log_probs, lens, beam_size=decoding_cfg.beam_size,
                                                  length_bonus=decoding_cfg.length_bonus, **fusion)

@@ -18,8 +18,11 @@ import torch
 from torch import nn
 
 from src.atomic import atomic_write
+from src.decoding import decode_encoded
+from src.metrics import cer, mean_levenshtein
 from src.threads import keep_torch_threads
 from src.training.precision import autocast
+from src.training.state import rng_neutral_iter
 from src.vocab import decode
 
 
@@ -54,9 +57,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, *, options: dict, h
 
     ``fixed_index``: dataset index of the utterance whose attention map is kept.
     """
-    from src.decoding import decode_encoded
-    from src.metrics import cer, mean_levenshtein
-    from src.training.state import rng_neutral_iter
 
     was_training = model.training
     model.eval()

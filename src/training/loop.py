@@ -31,6 +31,7 @@ from tqdm import tqdm
 from src import distributed as dist_utils
 from src.atomic import write_text_atomic
 from src.config import Config, dump_yaml
+from src.data.dataset import make_loader
 from src.errors import Terminated
 from src.schedules import PlateauState, plateau_update
 from src.training.evaluation import DevResult, compute_loss, save_attention_png
@@ -112,8 +113,6 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
 
     Ctrl-C or SIGTERM: last.pt is saved with the state from before the interrupted batch, and the
     exception goes on with ``checkpoint_saved`` set. The time budget: last.pt, then StopTraining."""
-    from src.data.dataset import make_loader
-
     cfg, state, t = run.cfg, run.state, run.cfg.training
     stop = stop or TerminationRequest()
     shuffle = epoch >= t.sortagrad_epochs  # SortaGrad: the first epochs go shortest first

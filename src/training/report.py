@@ -12,6 +12,7 @@ from torch import nn
 from src import distributed as dist_utils
 from src.checkpoint import load_for_decoding
 from src.config import Config
+from src.data.dataset import loader_workers, make_decoding_loader
 from src.decoding import decode_dataset, decoding_description
 from src.metrics import cer, mean_levenshtein
 from src.threads import keep_torch_threads
@@ -29,8 +30,6 @@ def dev_decoding(cfg: Config):
 
 def evaluate_dev(run: Run) -> tuple[DevResult, dict[str, float]]:
     """Score the dev set on rank 0; every rank gets the metrics."""
-    from src.data.dataset import loader_workers, make_decoding_loader
-
     cfg = run.cfg
     dev = DevResult()
     if run.info.is_main:

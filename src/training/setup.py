@@ -17,6 +17,9 @@ from src.atomic import check_writable_dir
 from src.checkpoint import load_checkpoint
 from src.config import Config
 from src.data.augment import SpecAugment, specaugment_needed
+from src.data.check import check_data
+from src.data.dataset import LengthBucketSampler, SpeechDataset, SubsetDataset, collate
+from src.data.layout import resolve_data_root
 from src.errors import UserError
 from src.models import build_model, count_parameters
 from src.training.evaluation import compute_loss
@@ -45,14 +48,9 @@ def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
 
 
 def _load_data(cfg: Config, info: dist_utils.DistInfo):
-    from src.data.dataset import SpeechDataset, SubsetDataset
-    from src.data.layout import resolve_data_root
-
     root = resolve_data_root(cfg.data)
     if cfg.data.check:
         if info.is_main:
-            from src.data.check import check_data
-
             check_data(root, [cfg.data.train_partition, cfg.data.dev_partition], n_mels=cfg.data.n_mels)
         dist_utils.barrier(info)
     kwargs = dict(n_mels=cfg.data.n_mels, normalize=cfg.data.normalize, in_memory=cfg.data.in_memory)
@@ -90,8 +88,6 @@ def setup_run(cfg: Config) -> Run:
     optimizer = make_optimizer(model, cfg.training)
     amp_dtype = autocast_dtype(cfg.training.amp, device, model)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    from src.data.dataset import LengthBucketSampler
 
     steps_per_epoch = len(LengthBucketSampler(
         train_set.frame_lengths, cfg.data.max_frames_per_batch, cfg.data.max_utterances_per_batch,
@@ -152,8 +148,6 @@ def probe_largest_batches(run: Run, n_batches: int = 2) -> None:
     Biggest: the most padded frames (B * max T) and the longest utterance. An
     out-of-memory error becomes a UserError that says which setting to lower.
     """
-    from src.data.dataset import LengthBucketSampler, collate
-
     cfg = run.cfg
     sampler = LengthBucketSampler(run.train_set.frame_lengths, cfg.data.max_frames_per_batch,
                                   cfg.data.max_utterances_per_batch, shuffle=False)
