@@ -5,6 +5,7 @@ Entry points wrap their ``main`` in :func:`run_cli`, which turns a
 """
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -42,8 +43,20 @@ def one_line(err: UserError) -> str:
     return last[len(prefix):] if last.startswith(prefix) else " ".join(ln.strip() for ln in lines)
 
 
+def _terminated(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Run ``main`` and exit: 0 on success, 2 with one line on a UserError."""
+    """Run ``main`` and exit: 0 on success, 2 with one line on a UserError, 143 on SIGTERM.
+
+    SIGTERM raises :class:`Terminated` from the start, before the heavy imports, so that a process
+    stopped while it starts exits as it does later (143, one line); training installs its own
+    handler (src/training/signals.py) that stops between two steps and saves first."""
+    try:
+        signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
     try:
         code = main()
     except UserError as err:
