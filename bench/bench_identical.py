@@ -1,7 +1,7 @@
 """Bit-identical training across a restructuring: train each family briefly on the bundled sample with
 two checkouts and compare every tensor of the final weights.
 
-    python bench/bench_identical.py OLD_CHECKOUT NEW_CHECKOUT [--out /tmp/identical]
+    python bench/bench_identical.py OLD_CHECKOUT NEW_CHECKOUT [--out /tmp/identical] [key=value ...]
 
 Runs, in each checkout, ``python train.py [--preset=none] model.family=F training.epochs=E`` (LAS 2 epochs, DS2 and
 the Conformer 1) on CPU with 2 threads, no final check, and prints per family how many tensors of
@@ -20,11 +20,11 @@ import torch
 RUNS = {"las": 2, "ds2": 1, "transformer": 1}
 
 
-def train(checkout: Path, out: Path, family: str, epochs: int) -> Path:
+def train(checkout: Path, out: Path, family: str, epochs: int, extra: list[str]) -> Path:
     run_dir = out / family
     args = [sys.executable, "train.py", f"model.family={family}", f"training.epochs={epochs}",
             "logging.wandb=disabled", f"logging.run_dir={run_dir}", "training.final_check=false",
-            "data.num_workers=0", "training.device=cpu", "training.resume=false"]
+            "data.num_workers=0", "training.device=cpu", "training.resume=false", *extra]
     if "--preset" in (checkout / "train.py").read_text():
         args.insert(2, "--preset=none")  # config.yaml's settings alone, as before presets existed
     env = dict(os.environ, OMP_NUM_THREADS="2")
@@ -43,11 +43,13 @@ def main() -> int:
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
     parser.add_argument("--out", type=Path, default=Path("/tmp/identical"))
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for both sides, e.g. to hold a setting "
+                                                     "whose behaviour changed on purpose")
     args = parser.parse_args()
     ok = True
     for family, epochs in RUNS.items():
-        a = weights(train(args.old, args.out / "old", family, epochs))
-        b = weights(train(args.new, args.out / "new", family, epochs))
+        a = weights(train(args.old, args.out / "old", family, epochs, args.overrides))
+        b = weights(train(args.new, args.out / "new", family, epochs, args.overrides))
         same = sum(1 for k in a if k in b and torch.equal(a[k], b[k]))
         print(f"{family}: {same}/{len(a)} tensors bit-identical ({epochs} epochs; keys equal: {a.keys() == b.keys()})")
         ok &= same == len(a) == len(b)

@@ -169,7 +169,7 @@ def test_value_checks():
     with pytest.raises(UserError, match="not key=value"):
         load_config(None, ["training.lr"])
     for bad in ("-1", "two", "1.5"):
-        with pytest.raises(UserError, match="'data.num_workers' must be auto or a whole number"):
+        with pytest.raises(UserError, match=r"'data.num_workers' must be auto \| \[0, 256\]"):
             load_config(None, [f"data.num_workers={bad}"])
 
 
