@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/identical"))
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both sides, e.g. to hold a setting "
                                                      "whose behaviour changed on purpose")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     ok = True
     for family, epochs in RUNS.items():
         a = weights(train(args.old, args.out / "old", family, epochs, args.overrides))
