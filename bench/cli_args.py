@@ -33,3 +33,16 @@ def positive(text: str) -> float:
 def non_negative(text: str) -> float:
     """A finite number of at least 0 (weights, penalties)."""
     return _number(text, float, 0.0, False, "a finite number of at least 0", finite=True)
+
+
+def preset_list(text: str) -> list[str]:
+    """``--presets a,b``: names of configs/NAME.yaml (UserError, one line, naming the unknown ones)."""
+    from src.config import preset_names
+    from src.errors import UserError
+
+    presets = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in preset_names()]
+    if unknown or not presets:
+        raise UserError(f"--presets {text}: no such preset {', '.join(unknown)}; "
+                        f"choose from {', '.join(preset_names())}")
+    return presets

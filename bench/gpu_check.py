@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli_args import count, positive  # bench/, this script's folder, is on sys.path
+from cli_args import count, positive, preset_list  # bench/, this script's folder, is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -314,15 +314,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from src.config import preset_names
     from src.data.dataset import LengthBucketSampler
     from src.errors import UserError
 
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    unknown = [p for p in presets if p not in preset_names()]
-    if unknown or not presets:
-        raise UserError(f"--presets {args.presets}: no such preset {', '.join(unknown)}; "
-                        f"choose from {', '.join(preset_names())}")
+    presets = preset_list(args.presets)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is visible; run on a GPU machine or use --device cpu --tiny")
     device = torch.device(args.device)

@@ -28,7 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli_args import positive  # bench/, this script's folder, is on sys.path
+from cli_args import positive, preset_list  # bench/, this script's folder, is on sys.path
 from gpu_check import CHARS_PER_FRAME, GPU_PRESETS, TRAIN_FRAMES, draw_lengths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,14 +135,8 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from src.config import preset_names
-    from src.errors import UserError
 
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    unknown = [p for p in presets if p not in preset_names()]
-    if unknown or not presets:
-        raise UserError(f"--presets {args.presets}: no such preset {', '.join(unknown)}; "
-                        f"choose from {', '.join(preset_names())}")
+    presets = preset_list(args.presets)
     torch.manual_seed(0)
     header = ["preset", "GFLOP per utt (train step)", "recurrent share", "padding", "assumed utilisation",
               *(f"{gpu} ({peak / 1e12:g} TFLOPS {dtype})" for gpu, peak, dtype in GPUS)]
