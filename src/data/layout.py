@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 from tqdm import tqdm
 
-from src.errors import UserError
+from src.errors import UserError, first_line
 from src.vocab import ALLOWED_CHARACTERS
 
 DEFAULT_DATA_ROOT = "data/11-785-f23-hw4p2"  # where the competition zip unpacks
@@ -243,11 +243,6 @@ class NpyHeader(NamedTuple):
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def read_npy_header(path: str | Path) -> NpyHeader:
     """Shape and dtype of a ``.npy`` file without reading its data. UserError if unreadable."""
     try:
@@ -263,7 +258,7 @@ def read_npy_header(path: str | Path) -> NpyHeader:
                 return NpyHeader(tuple(arr.shape), arr.dtype, size - arr.nbytes, size)
             return NpyHeader(tuple(int(n) for n in shape), np.dtype(dtype), f.tell(), size)
     except Exception as err:  # ValueError (bad magic/header), EOFError, OSError
-        raise UserError(f"{path}: unreadable .npy file ({_first_line(err)}); {_FIX}") from None
+        raise UserError(f"{path}: unreadable .npy file ({first_line(err)}); {_FIX}") from None
 
 
 # What a pickled object array of strings needs to be rebuilt, and nothing else: numpy's
@@ -332,7 +327,7 @@ def load_npy(path: str | Path) -> np.ndarray:
     except UserError:
         raise
     except Exception as err:  # truncated data, bad pickle, I/O errors
-        raise UserError(f"{path}: unreadable .npy file ({_first_line(err)}); {_FIX}") from None
+        raise UserError(f"{path}: unreadable .npy file ({first_line(err)}); {_FIX}") from None
 
 
 def _is_npy(path: str | Path) -> bool:
