@@ -1,16 +1,28 @@
 """Accuracy benchmark: train the default config for a fixed wall-clock budget
 on a synthetic multi-voice corpus, then score dev and test (unseen voices and
-sentences).
+text) and dev's long utterances.
 
-    python bench/bench_accuracy.py                      # 4000 train utterances, 20 minutes
-    python bench/bench_accuracy.py --minutes 5 --train 1000   # a quick look
+    python bench/bench_accuracy.py                      # the paragraph corpus, 20 minutes
+    python bench/bench_accuracy.py --minutes 5 --train 600    # a quick look
+    python bench/bench_accuracy.py --corpus sentences   # the corpus of the figures before 2026-12-03
+
+Corpora (``--corpus``; each generated once, cached under ``--out`` and reproducible):
+
+- ``paragraphs`` (the default): ``python -m src.corpus.synth bench/out/corpus-paragraphs
+  --preset paragraphs``: LibriSpeech-length utterances (training 11.6 s on average, dev
+  and test about 7 s with a tail past 30 s) read by espeak-ng, flite and festival voices,
+  2,400 training utterances (7.75 h, 240 speakers), 150 dev and 150 test
+  utterances by voices and of text never heard in training; run folders ``para-<M>min``.
+- ``sentences``: the single-sentence espeak-ng/flite corpus of the earlier figures
+  (4,000 training utterances of 4 s, 200 dev, 200 test; ``--seed 2026``); run folders
+  ``run-<M>min``, as they were.
 
 Steps (each skipped when its output exists, so an interrupted run continues):
-1. ``python -m src.corpus.synth bench/out/corpus --counts ...`` (espeak-ng and flite
-   voices; dev-clean and test-clean speakers and sentences are not in train);
-2. ``python train.py data.root=bench/out/corpus training.max_minutes=M ...``
-   with every other setting from config.yaml;
-3. greedy and beam decoding of dev-clean and test-clean with the best
+1. the corpus (above), and ``python -m src.corpus.long CORPUS`` (dev-clean's utterances
+   of each speaker joined into 25-35 s ones: the long rows);
+2. ``python train.py data.root=CORPUS training.max_minutes=M ...``
+   with every other setting from config.yaml (and the preset it picks);
+3. greedy and beam decoding of dev-clean, test-clean and dev-clean-long with the best
    checkpoint (or ``--checkpoint``), scored by mean Levenshtein distance (the competition metric) and CER.
 
 The result table is printed and saved as ``<run folder>/accuracy.json``, with
@@ -51,13 +63,31 @@ def run(cmd: list[str]) -> None:
                         "run the same command again (finished steps are skipped)")
 
 
+# --corpus NAME -> (folder under --out, synth arguments, default (train, eval) utterances, run folder prefix)
+CORPORA = {
+    "paragraphs": ("corpus-paragraphs", ["--preset", "paragraphs"], (2400, 150), "para"),
+    "sentences": ("corpus", ["--seed", "2026"], (4000, 200), "run"),
+}
+
 # how a decoding setting is named in a row's decoder column
-LABELS = {"ctc_weight": "ctc", "lm_weight": "lm", "length_penalty": "lp"}
+LABELS = {"ctc_weight": "ctc", "lm_weight": "lm", "length_penalty": "lp", "segment_seconds": "seg"}
 
 
-def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int, **decoding) -> dict:
-    """Decode ``split`` with the checkpoint alone (test.py's decode_dataset); mean Levenshtein and CER."""
+def default_decoder(family: str):
+    """The decoding settings test.py uses for a checkpoint of ``family`` here: config.yaml's, under the
+    decoding: section of the preset training picks (configs/cpu-FAMILY.yaml on this machine)."""
+    from src.config import choose_preset, load_config
+
+    preset, _ = choose_preset("auto", None, None, family=family)
+    return load_config("config.yaml", preset=preset, preset_sections=("decoding",)).decoding
+
+
+def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int, base=None,
+                **decoding) -> dict:
+    """Decode ``split`` with the checkpoint alone (test.py's decode_dataset, with ``base``'s decoding settings
+    or the defaults, and the given ones); mean Levenshtein and CER."""
     import csv
+    import dataclasses
 
     from src.checkpoint import front_end, load_checkpoint, model_from_checkpoint
     from src.config import DataConfig, DecodingConfig
@@ -71,8 +101,8 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     n_mels, normalize = front_end(ckpt)
     dataset = SpeechDataset(corpus, split, n_mels=n_mels, normalize=normalize, with_transcripts=with_refs)
     start = time.perf_counter()
-    hyps, refs = decode_dataset(model, dataset, DataConfig(num_workers=0), DecodingConfig(method=method,
-                                beam_size=beam_size, **decoding), desc=f"{split} {method}")
+    settings = dataclasses.replace(base or DecodingConfig(), method=method, beam_size=beam_size, **decoding)
+    hyps, refs = decode_dataset(model, dataset, DataConfig(num_workers=0), settings, desc=f"{split} {method}")
     seconds = time.perf_counter() - start
     if refs is None:  # test-clean: the references synth wrote, in sorted file order
         with open(corpus / "test_reference.csv") as f:
@@ -90,22 +120,27 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
 
 
 def main() -> int:
-    from src.config import DecodingConfig
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=positive, default=20.0, help="training wall-clock budget")
-    parser.add_argument("--train", type=count, default=4000, help="training utterances to synthesise")
-    parser.add_argument("--eval", type=count, default=200, help="dev and test utterances each")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), default="paragraphs",
+                        help="paragraphs: LibriSpeech-length, three engines (default); sentences: the earlier figures'")
+    parser.add_argument("--train", type=count, default=None,
+                        help="training utterances to synthesise (default: paragraphs 2400, sentences 4000)")
+    parser.add_argument("--eval", type=count, default=None, help="dev and test utterances each "
+                                                                 "(default: paragraphs 150, sentences 200)")
     parser.add_argument("--out", default="bench/out", help="corpus, run and results folder")
     parser.add_argument("--beam", type=count, default=10, help="beam size for the beam rows")
     parser.add_argument("--length-penalty", type=non_negative, default=None,
                         help="decoding.length_penalty of the beam rows (default: the committed one)")
-    parser.add_argument("--ctc-weights", default=f"0,{DecodingConfig().ctc_weight:g}",
+    parser.add_argument("--ctc-weights", default=None,
                         help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention; "
-                             "default: 0 and the committed decoding.ctc_weight)")
+                             "default: 0 and the committed one, config.yaml's or the family's preset's)")
     parser.add_argument("--lm-weights", default="0",
                         help="comma-separated decoding.lm_weight values; > 0 builds a 6-gram character LM from the "
                              "corpus' training transcripts (out/lm-char6.npz) and fuses it")
+    parser.add_argument("--segments", default="",
+                        help="comma-separated decoding.segment_seconds values: more dev-clean-long rows (greedy and "
+                             "beam), the long utterances decoded in pieces cut at CTC word boundaries")
     parser.add_argument("--name", default=None,
                         help="run folder under --out (default: run-<minutes>min, plus the family when not las)")
     parser.add_argument("--checkpoint", default="best.pt",
@@ -121,13 +156,19 @@ def main() -> int:
     print(describe(load_before), flush=True)
 
     out = ROOT / args.out
-    corpus = out / "corpus"
+    folder, synth_args, (n_train, n_eval), prefix = CORPORA[args.corpus]
+    corpus = out / folder
+    args.train, args.eval = args.train or n_train, args.eval or n_eval
     family = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("model.family=")), "las")
-    default_name = f"run-{args.minutes:g}min" + ("" if family == "las" else f"-{family}")
+    decoder = default_decoder(family)
+    args.ctc_weights = args.ctc_weights or f"0,{decoder.ctc_weight:g}"
+    default_name = f"{prefix}-{args.minutes:g}min" + ("" if family == "las" else f"-{family}")
     run_dir = out / (args.name or default_name)
     if not (corpus / "test_reference.csv").exists():
         counts = f"train-clean-100={args.train},dev-clean={args.eval},test-clean={args.eval}"
-        run([sys.executable, "-m", "src.corpus.synth", str(corpus), "--counts", counts, "--seed", "2026", "--workers", "2"])
+        run([sys.executable, "-m", "src.corpus.synth", str(corpus), *synth_args, "--counts", counts, "--workers", "2"])
+    if not (corpus / "dev-clean-long" / "mfcc").is_dir():
+        run([sys.executable, "-m", "src.corpus.long", str(corpus)])
     if not (run_dir / "best.pt").exists() or (run_dir / "last.pt").exists() and not (run_dir / "done").exists():
         run(
             [sys.executable, "train.py", f"data.root={corpus}", f"logging.run_dir={run_dir}",
@@ -143,19 +184,26 @@ def main() -> int:
     beam_options = {} if args.length_penalty is None else {"length_penalty": args.length_penalty}
     rows = []
     for split in ("dev-clean", "test-clean"):
-        rows.append(score_split(ckpt, corpus, split, "greedy", 1))
+        rows.append(score_split(ckpt, corpus, split, "greedy", 1, decoder))
         for weight in (float(w) for w in args.ctc_weights.split(",")):
             for lm_weight in lm_weights:
                 lm = {"lm": str(lm_path), "lm_weight": lm_weight} if lm_weight > 0 else {}
-                rows.append(score_split(ckpt, corpus, split, "beam", args.beam, ctc_weight=weight, **lm, **beam_options))
+                rows.append(score_split(ckpt, corpus, split, "beam", args.beam, decoder, ctc_weight=weight, **lm,
+                                        **beam_options))
+    if any((corpus / "dev-clean-long" / "mfcc").glob("*.npy")):  # the long rows: greedy, and the committed beam
+        for seconds in [decoder.segment_seconds] + [float(x) for x in args.segments.split(",") if x]:
+            rows.append(score_split(ckpt, corpus, "dev-clean-long", "greedy", 1, decoder, segment_seconds=seconds))
+            rows.append(score_split(ckpt, corpus, "dev-clean-long", "beam", args.beam, decoder,
+                                    ctc_weight=decoder.ctc_weight, segment_seconds=seconds, **beam_options))
     load_after = host_load()
-    print(f"\nbench_accuracy: {args.train} train utterances, {args.minutes:g} min of training on "
+    print(f"\nbench_accuracy: corpus {args.corpus} ({shown(corpus)}), {args.train} train utterances, "
+          f"{args.minutes:g} min of training on "
           f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {shown(ckpt)}")
     print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
-    print(f"{'split':<12}{'decoder':<28}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}")
+    print(f"{'split':<16}{'decoder':<28}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}{'s/utt':>7}")
     for r in rows:
-        print(f"{r['split']:<12}{r['decoder']:<28}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
-              f"{r['cer_percent']:>8}{r['decode_seconds']:>10}")
+        print(f"{r['split']:<16}{r['decoder']:<28}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
+              f"{r['cer_percent']:>8}{r['decode_seconds']:>10}{r['decode_seconds'] / max(1, r['utterances']):>7.2f}")
     result = args.results or ("accuracy.json" if args.checkpoint == "best.pt"
                               else f"accuracy-{Path(args.checkpoint).stem}.json")
     (run_dir / result).write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from src.checkpoint import FrontEnd, load_for_decoding
-from src.config import load_config
+from src.config import load_decoding_config
 from src.data.dataset import collate, normalize_utterance
 from src.data.features import log_mel, speech_activity
 from src.decoding import decode_batch
@@ -46,15 +46,16 @@ class Recognizer:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str = "auto", config: str | Path | None = None,
-             **decoding: Any) -> "Recognizer":
+             preset: str = "auto", **decoding: Any) -> "Recognizer":
         """The checkpoint's model on ``device`` (auto: cuda when available), decoding with the defaults
-        of src/config.py, or of the YAML file ``config``, with any ``decoding.<name>`` given as a keyword
-        (``beam_size=5``, ``method="greedy"``, ``lm="lm/char6.npz"``, ``lm_weight=0.3`` ...)."""
+        of src/config.py, or of the YAML file ``config``, under the ``decoding:`` section of the family's
+        preset as test.py applies it (``preset``: auto, none or a name), with any ``decoding.<name>``
+        given as a keyword (``beam_size=5``, ``method="greedy"``, ``lm="lm/char6.npz"``, ``lm_weight=0.3`` ...)."""
         overrides = [f"decoding.{key}={json.dumps(value)}" for key, value in decoding.items()]
-        cfg = load_config(config, overrides)
-        check_decoding_lm(cfg.decoding)
         device_ = choose_device(device, source="device")
         model, front_end = load_for_decoding(checkpoint, device_)
+        cfg, _ = load_decoding_config(config, overrides, preset, getattr(model, "family", None))
+        check_decoding_lm(cfg.decoding)
         return cls(model, front_end, cfg.decoding, device_)
 
     def transcribe(self, audio: str | Path | np.ndarray, sample_rate: int | None = None) -> str:

@@ -85,6 +85,28 @@ class SpecAugmentConfig:
 
 
 @dataclass
+class ChannelConfig:
+    """Other recording channels for training utterances: noise, a telephone band, reverberation, on
+    log-mel features before normalisation (src/data/augment.py: Channel)."""
+
+    RANGES = {"prob": "[0, 1]", "noise": "[0, 1]", "snr_db_min": "[-20, 100]", "snr_db_max": "[-20, 100]",
+              "band_limit": "[0, 1]", "reverb": "[0, 1]", "rt60_max": "[0.1, 3]"}  # what each setting accepts (check_ranges)
+
+    prob: float = 0.0  # share of training utterances passed through another channel; 0 = off
+    noise: float = 1.0  # share of those with white noise added
+    snr_db_min: float = 5.0  # the noise's SNR is drawn from snr_db_min .. snr_db_max (dB)
+    snr_db_max: float = 30.0  # the top of that range (dB)
+    band_limit: float = 0.3  # share of those heard through a telephone band (300-3400 Hz)
+    reverb: float = 0.3  # share of those with reverberation
+    rt60_max: float = 0.8  # reverberation time drawn from 0.1 .. this (seconds)
+
+    def __post_init__(self) -> None:
+        if self.snr_db_min > self.snr_db_max:
+            raise UserError(f"config: 'training.channel.snr_db_min' ({self.snr_db_min}) is above "
+                            f"'training.channel.snr_db_max' ({self.snr_db_max})")
+
+
+@dataclass
 class TrainingConfig:
     """Optimisation, schedules, checkpoints (src/training/); attention families only: teacher forcing,
     guided attention."""
@@ -116,6 +138,7 @@ class TrainingConfig:
     guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment is reached
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
     amp: str = "auto"  # auto | bf16 | fp16 | none; auto: bf16 or fp16 on CUDA, fp32 on the CPU
     device: str = "auto"  # auto | cpu | cuda (auto: cuda when available; torchrun: cuda:LOCAL_RANK)
     seed: int = 11785  # seeds python, numpy and torch (rank r uses seed + r)
@@ -136,7 +159,8 @@ class DecodingConfig:
 
     RANGES = {"method": "greedy | beam", "beam_size": "[1, 1000]", "length_penalty": "[0, 10]",
               "max_chars_per_frame": "(0, 10]", "max_length_min": "[0, 1000000]", "ctc_weight": "[0, 1]",
-              "lm_weight": "[0, 1000]", "length_bonus": "[-1000, 1000]", "batch_size": "[1, 1000000]"}  # what each setting accepts (check_ranges)
+              "lm_weight": "[0, 1000]", "length_bonus": "[-1000, 1000]", "batch_size": "[1, 1000000]",
+              "segment_seconds": "[0, 3600]"}  # what each setting accepts (check_ranges)
 
     method: str = "beam"  # greedy | beam
     beam_size: int = 10  # K hypotheses kept per utterance (beam)
@@ -148,6 +172,7 @@ class DecodingConfig:
     lm_weight: float = 0.0  # beam: + lm_weight * log p_LM(next character); needs decoding.lm
     length_bonus: float = 0.0  # beam: + this per character (offsets the LM's cost of each)
     batch_size: int = 32  # utterances decoded together (beam search runs batch_size * beam_size rows)
+    segment_seconds: float = 0.0  # attention models with a CTC head: decode longer utterances in pieces cut at CTC word boundaries; 0 = whole
 
 
 @dataclass
@@ -357,9 +382,15 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def choose_preset(name: str, path: str | Path | None, overrides: list[str] | None) -> tuple[str, str]:
+def preset_sections(name: str) -> set[str]:
+    """The top-level sections preset ``name`` sets (configs/NAME.yaml); empty for ``none``."""
+    return set() if name == "none" else set(_read_yaml(PRESETS_DIR / f"{name}.yaml"))
+
+
+def choose_preset(name: str, path: str | Path | None, overrides: list[str] | None,
+                  family: str | None = None) -> tuple[str, str]:
     """(preset to apply, why): ``auto`` picks ``gpu-<family>`` with a CUDA GPU, else ``cpu-<family>``
-    (the family from the command line, else the config file, else las); ``none`` applies none."""
+    (the family given, else from the command line, else the config file, else las); ``none`` applies none."""
     if name == "none":
         return "none", "--preset none: the config file alone"
     if name != "auto":
@@ -367,7 +398,7 @@ def choose_preset(name: str, path: str | Path | None, overrides: list[str] | Non
             raise UserError(f"--preset {name}: no such preset; choose one of {', '.join(preset_names())} "
                             f"(files in {PRESETS_DIR}) or none")
         return name, "asked for"
-    family = dict(parse_overrides(overrides or [])).get("model.family")
+    family = family or dict(parse_overrides(overrides or [])).get("model.family")
     if family is None and path is not None and Path(path).is_file():
         family = (_read_yaml(Path(path)).get("model") or {}).get("family")
     family = family or "las"
@@ -380,11 +411,24 @@ def choose_preset(name: str, path: str | Path | None, overrides: list[str] | Non
     return chosen, f"{why}; --preset none keeps the config file alone"
 
 
+def load_decoding_config(path: str | Path | None, overrides: list[str] | None, preset: str,
+                         family: str | None) -> tuple[Config, str | None]:
+    """The config test.py and the Python API decode with: ``path`` and the overrides, with the ``decoding:``
+    section of the preset training would pick (``preset`` auto) for ``family`` here, when it has one;
+    returns (config, a line saying which preset's section applies, or None)."""
+    name, why = choose_preset(preset, None, None, family=family)
+    if "decoding" not in preset_sections(name):
+        return load_config(path, overrides), None
+    cfg = load_config(path, overrides, preset=name, preset_sections=("decoding",))
+    return cfg, f"decoding preset {name} ({why})"
+
+
 def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | None = None,
-                preset: str = "none") -> Config:
-    """Read ``path`` (None: defaults only), apply preset ``preset`` (configs/NAME.yaml; ``none``: none)
-    on top of it and the ``key=value`` overrides on top of that, validate. Each layer's keys and types
-    are checked with its own name in the error."""
+                preset: str = "none", preset_sections: tuple[str, ...] | None = None) -> Config:
+    """Read ``path`` (None: defaults only), apply preset ``preset`` (configs/NAME.yaml; ``none``: none;
+    only its ``preset_sections`` when given, e.g. ``("decoding",)`` for test.py) on top of it and the
+    ``key=value`` overrides on top of that, validate. Each layer's keys and types are checked with its
+    own name in the error."""
     tree: dict = {}
     source = str(path) if path is not None else "defaults"
     if path is not None:
@@ -396,6 +440,8 @@ def load_config(path: str | Path | None = "config.yaml", overrides: list[str] | 
             raise UserError(f"--preset {preset}: no such preset; choose one of {', '.join(preset_names())} or none")
         preset_tree = _read_yaml(preset_path)
         _build(Config, preset_tree, "", str(preset_path))
+        if preset_sections is not None:
+            preset_tree = {k: v for k, v in preset_tree.items() if k in preset_sections}
         tree = _merge(tree, preset_tree)
     valid = set(_all_keys(Config))
     for key, value in parse_overrides(overrides or []):
@@ -470,10 +516,15 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def add_config_args(parser, presets: bool = False) -> None:
-    """``--config PATH`` (and ``--preset NAME`` for training) and trailing ``key=value`` overrides."""
+def add_config_args(parser, presets: bool | str = False) -> None:
+    """``--config PATH`` (and ``--preset NAME``: for training, or ``"decoding"`` for test.py's decoding
+    section) and trailing ``key=value`` overrides."""
     parser.add_argument("--config", default="config.yaml", help="YAML config file (default: config.yaml)")
-    if presets:
+    if presets == "decoding":
+        parser.add_argument("--preset", default="auto",
+                            help="whose decoding: section (configs/) applies over the config file: auto (gpu-FAMILY "
+                                 "with a CUDA GPU, else cpu-FAMILY, FAMILY the checkpoint's), none, or a name")
+    elif presets:
         parser.add_argument("--preset", default="auto",
                             help="a training recipe from configs/ applied over the config file: auto (gpu-FAMILY "
                                  "with a CUDA GPU, else cpu-FAMILY), none, or a name, e.g. gpu-las")

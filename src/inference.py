@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.config import add_config_args, load_config
+from src.config import add_config_args, load_config, load_decoding_config
 from src.errors import UserError
 from src.submission import DEFAULT_SUBMISSION, check_submission, score_against_reference, write_scores, write_submission
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --split and decoding.lm: decode the split over a grid of decoding.lm_weight x "
                              "decoding.length_penalty (attention) or decoding.length_bonus (CTC) and print the "
                              "best pair")
-    add_config_args(parser)
+    add_config_args(parser, presets="decoding")
     return parser.parse_args(argv)
 
 
@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     split = args.split if scoring else cfg.data.test_partition
 
     model, (n_mels, normalize) = load_for_decoding(ckpt_path, device)  # features as the model was trained
+    # the decoding: section of the preset training would pick for this family and hardware (as train.py
+    # applies the whole preset), under the command line's overrides
+    cfg, said = load_decoding_config(args.config, args.overrides, args.preset, getattr(model, "family", None))
+    if said:
+        print(said, flush=True)
     root = resolve_data_root(cfg.data)
     check_features_fit(n_mels, ckpt_path, root, split)
     if cfg.data.check:

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from src.config import DecodingConfig, add_config_args, load_config
+from src.config import DecodingConfig, add_config_args, load_decoding_config
 from src.data.features import load_audio, log_mel, speech_activity
 from src.errors import UserError, first_line, run_cli
 
@@ -159,14 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Transcribe audio files with a trained checkpoint.")
     parser.add_argument("checkpoint", help="a checkpoint written by train.py (e.g. runs/las/best.pt)")
     parser.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3 ...); key=value overrides may follow")
-    add_config_args(parser)
+    add_config_args(parser, presets="decoding")
     args = parser.parse_args(argv)
     # argparse cannot tell trailing key=value overrides from audio paths: split them here
     overrides = [a for a in args.audio if "=" in a and not Path(a).exists()] + args.overrides
     audio = [Path(a) for a in args.audio if a not in overrides]
     if not audio:
         raise UserError("no audio files given; usage: python transcribe.py CHECKPOINT audio.wav [more ...]")
-    cfg = load_config(args.config, overrides)
+    from src.checkpoint import load_checkpoint, model_spec
+
+    family, _ = model_spec(load_checkpoint(args.checkpoint), args.checkpoint)  # a broken file: the first error
+    cfg, _ = load_decoding_config(args.config, overrides, args.preset, family)  # test.py's decoding settings
     from src.distributed import choose_device
     from src.decoding.lm import check_decoding_lm
 

@@ -78,7 +78,8 @@ def tree(tmp_path_factory):
 
 def test_partitions_cover_the_competition():
     assert PARTITIONS["train-clean-460"] == ["train-clean-100", "train-clean-360"]
-    assert set(PARTITIONS) == {"train-clean-100", "train-clean-360", "train-clean-460", "dev-clean", "test-clean"}
+    assert set(PARTITIONS) == {"train-clean-100", "train-clean-360", "train-clean-460", "dev-clean", "test-clean",
+                               "dev-clean-long"}  # the last: src.corpus.long's joined dev utterances
 
 
 def test_list_utterances_pairs_by_name_sorted(tree):

@@ -162,3 +162,33 @@ def test_length_bonus_adds_beta_per_character_to_the_attention_beam_score():
                         scorers=[(0.7, LengthBonus)])[0]
     assert bonus.tokens == plain.tokens == [TOKEN_TO_ID[c] for c in "KAT"]
     assert bonus.log_prob == pytest.approx(plain.log_prob + 0.7 * 3, abs=1e-5)  # 3 characters, none for <eos>
+
+
+@pytest.mark.parametrize("order", [1, 3, 6, 12])
+def test_counts_equal_a_loop_over_every_character(order):
+    """The vectorised counting against the plain definition: for every event of every sentence, one count
+    for each history of 0 .. order-1 tokens before it (<sos>-padded)."""
+    from collections import Counter, defaultdict
+
+    rng = np.random.default_rng(order)
+    alphabet = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
+    sentences = TEXT + ["".join(rng.choice(alphabet, size=int(rng.integers(1, 40)))) for _ in range(200)]
+    expected: list[defaultdict] = [defaultdict(Counter) for _ in range(order)]
+    for sentence in sentences:
+        ids = [SOS] * (order - 1) + [TOKEN_TO_ID[ch] for ch in sentence] + [EOS]
+        for i in range(order - 1, len(ids)):
+            for k in range(order):
+                expected[k][tuple(ids[i - k : i])][ids[i]] += 1
+    table = CharNgramLM.build(sentences, order).table
+    for level, counts in zip(table, expected, strict=True):
+        assert level.keys() == counts.keys()
+        for context, counter in counts.items():
+            tokens, values = level[context]
+            assert tokens.tolist() == sorted(counter) and values.tolist() == [counter[t] for t in sorted(counter)]
+
+
+def test_text_outside_the_vocabulary_is_one_line():
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        CharNgramLM.build(["THE CAT", "über"], 3)
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        CharNgramLM.build(["THE cat"], 3)

@@ -129,3 +129,32 @@ def test_checkpoint_that_does_not_fit_the_data_fails_in_one_line(tmp_path, kind)
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         run_main(tmp_path, "--checkpoint", str(tmp_path / "nope.pt"))
+
+
+@needs_sample
+def test_test_py_decodes_with_the_decoding_section_of_the_familys_preset(tmp_path, capsys, monkeypatch):
+    """As train.py applies the preset of the family and hardware, test.py applies that preset's decoding:
+    section (and nothing else of it); command-line overrides still win, and --preset none keeps the file's."""
+    import yaml
+
+    from src.models.transformer import Transformer, TransformerConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=8, heads=2, ffn_dim=8, encoder_layers=1, decoder_layers=1, conv_kernel=3,
+                            front_end_channels=2)
+    ckpt = tmp_path / "run" / "best.pt"
+    save_checkpoint(ckpt, dict(model=Transformer(28, len(VOCAB), cfg).state_dict(), family="transformer",
+                               model_config=dataclasses.asdict(cfg), n_mels=28, vocab=list(VOCAB),
+                               config=to_dict(Config())))
+    preset = yaml.safe_load((ROOT / "configs" / "cpu-transformer.yaml").read_text())["decoding"]
+    assert preset["ctc_weight"] != Config().decoding.ctc_weight  # else this test could not tell them apart
+    limit = ["decoding.beam_size=2", "data.test_partition=dev-clean"]
+
+    def decoding_line(*options, override=()) -> str:
+        assert run_main(tmp_path, "--checkpoint", str(ckpt), "--split", "dev-clean", *options, *limit, *override) == 0
+        return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test: "))
+
+    assert f"ctc_weight {preset['ctc_weight']}" in decoding_line()
+    assert f"ctc_weight {Config().decoding.ctc_weight}" in decoding_line("--preset", "none")
+    assert "ctc_weight 0.9" in decoding_line(override=["decoding.ctc_weight=0.9"])

@@ -164,3 +164,67 @@ def test_bundled_sample_matches_its_preset():
         ref = list(csv.DictReader(f))
     assert [int(r["index"]) for r in ref] == list(range(counts["test-clean"]))
     assert all(set(r["label"]) <= ALPHABET for r in ref)
+
+
+@needs_espeak
+def test_paragraph_plan_is_shaped_like_librispeech_and_keeps_voices_and_text_out_of_training(sentences):
+    counts = dict(synth.PRESETS["paragraphs"]["counts"])
+    combos = synth.available_combos(tuple(synth.ENGINE_SHARES))
+    jobs = synth.plan_corpus(counts, seed=7, sentences=sentences, combos=combos, paragraphs=True)
+    assert jobs == synth.plan_corpus(counts, seed=7, sentences=sentences, combos=combos, paragraphs=True)
+    by_split = {s: [j for j in jobs if j.split == s] for s in counts}
+    assert {s: len(js) for s, js in by_split.items()} == counts
+    names = [j.name for j in jobs]
+    assert len(set(names)) == len(names) and all(NAME.match(n) for n in names)
+    # lengths: LibriSpeech's transcripts average 187 characters in train-clean-100 (at most 400) and 109 in
+    # dev/test (a tail to 518; ../shared/competition-data.md)
+    train_chars = np.array([len(j.text) for j in by_split["train-clean-100"]])
+    eval_chars = np.array([len(j.text) for s in ("dev-clean", "test-clean") for j in by_split[s]])
+    assert 170 <= train_chars.mean() <= 205 and train_chars.max() <= 400
+    assert 90 <= eval_chars.mean() <= 130 and eval_chars.max() > 250 and eval_chars.max() <= 520
+    # a paragraph is whole sentences of the pool, and a split's sentences are never read in another split
+    known = {text for text, _ in sentences}
+    split_sentences = {}
+    for split, js in by_split.items():
+        for j in js:
+            parts = re.split(r"(?<=[.!?]) ", j.spoken)
+            assert all(p.endswith((".", "!", "?")) for p in parts)
+            # the transcript is the spoken text in the competition's alphabet
+            assert j.text == " ".join(re.sub(r"[,.!?]", "", j.spoken).upper().split())
+            split_sentences.setdefault(split, set()).update(" ".join(re.sub(r"[,.!?]", "", p).upper().split())
+                                                            for p in parts)
+        assert split_sentences[split] <= known, split
+    for split in ("dev-clean", "test-clean"):
+        assert not split_sentences[split] & split_sentences["train-clean-100"], split
+    # voices: every installed engine speaks; held-out flite/festival voices only in dev and test; espeak-ng's
+    # combinations differ between all splits
+    engines = {c[0] for c in combos}
+    train = {j.speaker.combo for j in by_split["train-clean-100"]}
+    assert {c[0] for c in train} == engines
+    assert not train & synth.HELD_OUT_VOICES
+    for split in ("dev-clean", "test-clean"):
+        held = {j.speaker.combo for j in by_split[split]}
+        assert all(c in synth.HELD_OUT_VOICES for c in held if c[0] != "espeak"), split
+        assert not train & held, split
+    dev_espeak = {c for c in (j.speaker.combo for j in by_split["dev-clean"]) if c[0] == "espeak"}
+    assert not dev_espeak & {j.speaker.combo for j in by_split["test-clean"]}
+    # no engine dominates the training speakers
+    speakers = {j.speaker for j in by_split["train-clean-100"]}
+    for engine in engines:
+        share = sum(s.engine == engine for s in speakers) / len(speakers)
+        assert 0.1 <= share <= 0.7, (engine, share)
+
+
+@pytest.mark.skipif(not synth.festival_voices(), reason="festival and its voices are not installed")
+@needs_fortunes
+def test_festival_voices_speak_with_their_speed_and_pitch(sentences):
+    text, spoken = next(pair for pair in sentences if len(pair[0]) > 40)
+    for voice in synth.festival_voices():
+        def length(speed: int, pitch: int = 50) -> float:
+            speaker = synth.Speaker(1, "train-clean-100", "festival", voice, "", speed, pitch)
+            job = synth.Job("train-clean-100", "1-1-0000", text, spoken, speaker)
+            wave, sr = synth.speak(job)
+            assert wave.ndim == 1 and np.isfinite(wave).all() and np.abs(wave).max() > 0.01
+            np.testing.assert_array_equal(wave, synth.speak(job)[0])  # deterministic: a seed gives one corpus
+            return wave.size / sr
+        assert length(130) > 1.15 * length(200), voice  # slower speech is longer

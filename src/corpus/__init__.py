@@ -1,7 +1,9 @@
 """Building corpora in the competition layout (apart from src/data/, which training reads).
 
     prepare.py  LibriSpeech, LJSpeech, Common Voice and CSV lists -> the layout (python -m src.corpus.prepare)
-    synth.py    an espeak-ng/flite multi-speaker corpus (python -m src.corpus.synth)
+    synth.py    an espeak-ng/flite/festival multi-speaker corpus (python -m src.corpus.synth)
+    long.py     a split's utterances joined into 25-35 s ones (python -m src.corpus.long)
+    english.py  general English text from Debian packages, for the character LM (python -m src.lm build --english)
     text.py     text normalisation to the vocabulary
     pool.py     the worker pool both run their jobs in
 """

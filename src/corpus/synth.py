@@ -1,8 +1,8 @@
-"""A multi-speaker synthetic corpus in the competition layout, spoken by espeak-ng (and flite).
+"""A multi-speaker synthetic corpus in the competition layout, spoken by espeak-ng, flite and festival.
 
     python -m src.corpus.synth OUT [--hours H | --counts train-clean-100=300,dev-clean=50,test-clean=50]
                              [--seed S] [--workers N] [--noise SNR_DB] [--dtype float16|float32]
-                             [--preset sample | heldout]
+                             [--preset sample | heldout | paragraphs]
 
 The bundled sample ``data/sample`` is exactly::
 
@@ -11,6 +11,17 @@ The bundled sample ``data/sample`` is exactly::
 (``--preset sample``: 1,000 + 40 train, 50 dev and 50 test utterances of sentences of at most
 12 words, all spoken by the same 12 English voices, float16. ``--preset heldout``: the harder
 sample bundled before, 320 + 40 train utterances, dev and test by voices never heard in training.)
+
+The accuracy benchmark's corpus (``bench/bench_accuracy.py``) is::
+
+    python -m src.corpus.synth bench/out/corpus-paragraphs --preset paragraphs --workers 2
+
+``--preset paragraphs``: utterances as long as LibriSpeech's (:data:`PARAGRAPH_CHARS`: consecutive
+sentences of a shuffled pool joined into a paragraph of a drawn length, training 187 characters
+on average, dev and test 109 with a tail to 520), each speaker's engine drawn by
+:data:`ENGINE_SHARES` (espeak-ng half, flite and festival a quarter each), one flite and one
+festival voice kept for dev and test (:data:`HELD_OUT_VOICES`). Without ``--preset paragraphs``
+festival is never used, so the older corpora come out as they always did.
 
 Output (the layout of ``data/11-785-f23-hw4p2``)::
 
@@ -24,8 +35,9 @@ NAME is LibriSpeech-like ``SPEAKER-CHAPTER-UTT`` (``103-1240-0000``).
 
 Speakers: an espeak-ng voice (English accents, and other languages' voices reading
 English) with a variant (``+m3``, ``+f2``, ``+klatt`` ...), a speed (``-s`` 130..200)
-and a pitch (``-p`` 20..80); or a flite voice (kal16, awb, rms, slt) with a duration
-stretch and mean f0 derived from the same speed and pitch. Every split has its own
+and a pitch (``-p`` 20..80); or a flite voice (kal16, awb, rms, slt), or a festival voice
+(kal and ked diphones, the slt HTS voice), with a duration stretch (a speed rate) and a
+mean f0 (a shift in semitones) derived from the same speed and pitch. Every split has its own
 sentences, and (unless a preset shares voices) its own speakers (engine + voice +
 variant combinations), so dev-clean and test-clean are spoken by voices, and say
 sentences, never heard in training.
@@ -84,6 +96,15 @@ PRESETS = {
         seed=DEFAULT_SEED,
         dtype="float16",
     ),
+    # the accuracy benchmark's corpus (bench/bench_accuracy.py): LibriSpeech-length paragraphs read by
+    # espeak-ng, flite and festival voices, 240 training speakers (train-clean-100 has 251), 7.75 h;
+    # dev and test: voices and text never heard in training
+    "paragraphs": dict(
+        counts={"train-clean-100": 2400, "dev-clean": 150, "test-clean": 150},
+        seed=2026,
+        dtype="float32",
+        paragraphs=True,
+    ),
 }
 # --hours H: the share of H each split gets, and the mean utterance length used to estimate counts
 HOURS_SHARE = {"train-clean-100": 0.8, "dev-clean": 0.1, "test-clean": 0.1}
@@ -92,8 +113,10 @@ UTTERANCES_PER_SPEAKER = {"train-clean-100": 10, "train-clean-360": 10, "dev-cle
 UTTERANCES_PER_CHAPTER = 20
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
-# fortune files that are pictures, code or other languages
-FORTUNE_FILES_SKIPPED = frozenset({"art", "ascii-art", "translate-me", "perl", "linux", "debian", "computers"})
+# fortune files that are pictures, code or other languages; and those of other packages than fortunes and
+# fortunes-min (fortune-anarchism: text for the general-English LM), so that installing them changes no corpus
+FORTUNE_FILES_SKIPPED = frozenset({"art", "ascii-art", "translate-me", "perl", "linux", "debian", "computers",
+                                   "anarchism"})
 MIN_WORDS, MAX_WORDS, MAX_CHARS = 3, 25, 250
 
 # espeak-ng voices: English accents, then other languages' voices reading English (Latin script).
@@ -107,6 +130,10 @@ ESPEAK_VARIANTS = (
     "david", "ed", "edward", "john", "linda", "max", "michel", "norbert", "paul",
 )
 FLITE_VOICES = {"kal16": 100.0, "awb": 110.0, "rms": 105.0, "slt": 170.0}  # voice -> base mean f0 (Hz)
+# festival voices (Debian festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts) -> base mean f0 (Hz);
+# the diphone voices take a mean f0 and a duration stretch, the HTS voice a speed rate and a shift in semitones
+FESTIVAL_VOICES = {"kal_diphone": 105.0, "ked_diphone": 105.0, "cmu_us_slt_arctic_hts": 170.0}
+FESTIVAL_DIRS = (Path("/usr/share/festival/voices"),)
 ENGLISH_WEIGHT = 3.0  # an English-accent espeak combination is this much likelier to be drawn
 FLITE_WEIGHT = 20.0  # flite has 4 voices against hundreds of espeak combinations: about 6% of speakers
 SPEED_RANGE = (130, 200)  # espeak words per minute
@@ -117,11 +144,11 @@ PITCH_RANGE = (20, 80)  # espeak pitch 0..99, 50 default
 class Speaker:
     speaker_id: int
     split: str
-    engine: str  # espeak | flite
+    engine: str  # espeak | flite | festival
     voice: str
     variant: str  # espeak variant ('' = none); '' for flite
-    speed: int  # espeak -s (words per minute); flite: duration stretch 165 / speed
-    pitch: int  # espeak -p; flite: mean f0 scaled by 2 ** ((pitch - 50) / 100)
+    speed: int  # espeak -s (words per minute); flite, festival: duration stretch 165 / speed
+    pitch: int  # espeak -p; flite, festival: mean f0 scaled by 2 ** ((pitch - 50) / 100)
 
     @property
     def combo(self) -> tuple[str, str, str]:
@@ -216,20 +243,32 @@ def _installed_espeak() -> tuple[set[str], set[str]]:
     return voices, variants | {""}
 
 
-def available_combos() -> list[tuple[str, str, str]]:
+def festival_voices() -> list[str]:
+    """The FESTIVAL_VOICES this machine has (text2wave on the PATH and the voice's folder installed)."""
+    if not shutil.which("text2wave"):
+        return []
+    installed = {p.name for d in FESTIVAL_DIRS if d.is_dir() for p in d.glob("*/*") if p.is_dir()}
+    return [v for v in FESTIVAL_VOICES if v in installed]
+
+
+def available_combos(engines: tuple[str, ...] = ("espeak", "flite")) -> list[tuple[str, str, str]]:
     """All (engine, voice, variant) combinations this machine can speak, in a fixed order.
 
     An espeak-ng without a voice or variant of the lists (older releases) just gets fewer
-    combinations: espeak-ng would fall back to its default variant silently.
+    combinations: espeak-ng would fall back to its default variant silently. festival is
+    asked for only by the paragraph corpus, so that the older corpora (and the bundled
+    sample) draw the same voices whether or not festival is installed.
     """
     combos = []
     if shutil.which("espeak-ng"):
         voices, variants = _installed_espeak()
         combos += [("espeak", v, var) for v in ESPEAK_ENGLISH + ESPEAK_ACCENTED if v in voices
                    for var in ESPEAK_VARIANTS if var in variants]
-    if shutil.which("flite"):
+    if "flite" in engines and shutil.which("flite"):
         listed = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
         combos += [("flite", v, "") for v in FLITE_VOICES if v in listed]
+    if "festival" in engines:
+        combos += [("festival", v, "") for v in festival_voices()]
     if not combos:
         raise UserError("espeak-ng not found; install it (apt-get install espeak-ng) and optionally flite")
     return combos
@@ -270,19 +309,24 @@ def _sentence_pools(n_sentences: int, counts: dict[str, int]) -> dict[str, range
 
 def plan_corpus(counts: dict[str, int], seed: int, sentences: list[tuple[str, str]] | None = None,
                 combos: list[tuple[str, str, str]] | None = None, *, shared_voices: int = 0,
-                english_only: bool = False, max_words: int = MAX_WORDS) -> list[Job]:
+                english_only: bool = False, max_words: int = MAX_WORDS, paragraphs: bool = False) -> list[Job]:
     """Every utterance of the corpus: speakers, names and sentences; a pure function of the seed.
 
     By default every split has its own voices. ``shared_voices`` > 0 draws that many
     voices once and gives each split's utterances to all of them (every voice speaks
     in train, dev and test; the sentences stay disjoint). ``english_only`` keeps
     the English espeak accents and flite; ``max_words`` keeps shorter sentences.
+    ``paragraphs`` reads LibriSpeech-length paragraphs with festival's voices as well
+    (:func:`_plan_paragraphs`).
     """
     unknown = set(counts) - set(SPLITS)
     if unknown:
         raise UserError(f"--counts: unknown split '{sorted(unknown)[0]}'; use {', '.join(SPLITS)}")
     sentences = load_sentences() if sentences is None else sentences
     sentences = [pair for pair in sentences if len(pair[0].split()) <= max_words]
+    if paragraphs:
+        combos = available_combos(tuple(ENGINE_SHARES)) if combos is None else combos
+        return _plan_paragraphs(counts, seed, sentences, combos)
     combos = available_combos() if combos is None else combos
     if english_only:
         combos = [c for c in combos if c[0] == "flite" or c[1] in ESPEAK_ENGLISH]
@@ -363,6 +407,96 @@ def _plan_shared_voices(counts: dict[str, int], seed: int, sentences: list[tuple
 
 
 # --------------------------------------------------------------------------
+# Paragraphs: a corpus shaped like LibriSpeech
+
+
+# Characters per utterance (../shared/competition-data.md): train-clean-100 averages 187 (12.6 s, at most
+# 400), dev-clean and test-clean 109 (7.1-7.4 s) with a tail to 518 (35 s). Drawn from a log-normal
+# of that mean and spread, clipped: split kind -> (mean, sigma, min, max).
+PARAGRAPH_CHARS = {"train": (187.0, 0.30, 30, 400), "eval": (109.0, 0.75, 12, 520)}
+# Each speaker's engine is drawn with these shares (renormalised over the engines installed), so that
+# espeak-ng's hundreds of voice/variant combinations do not make it nearly every speaker.
+ENGINE_SHARES = {"espeak": 0.5, "flite": 0.25, "festival": 0.25}
+# flite and festival have few voices: these speak only in dev and test, so that every engine has a voice
+# that training never hears (espeak-ng's dev and test voice/variant combinations are their own as well)
+HELD_OUT_VOICES = frozenset({("flite", "rms", ""), ("festival", "ked_diphone", "")})
+
+
+def paragraph_length(rng: np.random.Generator, split: str) -> int:
+    """A target transcript length in characters for one utterance of ``split``."""
+    mean, sigma, low, high = PARAGRAPH_CHARS["eval" if split in EVAL_SPLITS else "train"]
+    mu = math.log(mean) - sigma**2 / 2  # the log-normal's mean is exp(mu + sigma^2 / 2)
+    return int(np.clip(round(rng.lognormal(mu, sigma)), low, high))
+
+
+def _paragraph(sentences: list[tuple[str, str]], pool: list[int], cursor: int, target: int,
+               max_chars: int) -> tuple[str, str, int]:
+    """Consecutive sentences of ``pool`` from ``cursor`` while each brings the length nearer ``target``:
+    (transcript, spoken text, the next cursor). A pool used up starts again (training reuses text)."""
+    texts, spoken, n = [], [], 0
+    while True:
+        text, said = sentences[pool[cursor % len(pool)]]
+        grown = n + len(text) + (1 if texts else 0)
+        if texts and (grown > max_chars or abs(grown - target) > abs(n - target)):
+            return " ".join(texts), " ".join(spoken), cursor
+        texts.append(text)
+        spoken.append(said)
+        n, cursor = grown, cursor + 1
+
+
+def _plan_paragraphs(counts: dict[str, int], seed: int, sentences: list[tuple[str, str]],
+                     combos: list[tuple[str, str, str]]) -> list[Job]:
+    """The plan of the paragraph corpus: speakers of every engine, LibriSpeech-length utterances."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sentences))
+    mean_sentence = sum(len(text) + 1 for text, _ in sentences) / len(sentences)
+    need = {s: math.ceil(1.2 * n * PARAGRAPH_CHARS["eval" if s in EVAL_SPLITS else "train"][0] / mean_sentence)
+            for s, n in counts.items() if n > 0}  # sentences each split will read, with a margin
+    pools = _sentence_pools(len(sentences), need)
+
+    engines = [e for e in ENGINE_SHARES if any(c[0] == e for c in combos)]
+    n_speakers = {s: math.ceil(n / UTTERANCES_PER_SPEAKER[s]) for s, n in counts.items() if n > 0}
+    espeak = [c for c in combos if c[0] == "espeak"]
+    weights = np.array([ENGLISH_WEIGHT if c[1] in ESPEAK_ENGLISH else 1.0 for c in espeak])
+    n_espeak = min(len(espeak), sum(n_speakers.values()))
+    unused_espeak = iter([espeak[i] for i in rng.choice(len(espeak), size=n_espeak, replace=False,
+                                                        p=weights / weights.sum())] if espeak else [])
+    ids = iter(rng.choice(np.arange(19, 9000), size=sum(n_speakers.values()), replace=False))
+    chapters = iter(rng.choice(np.arange(1000, 99999), size=sum(counts.values()) + 1, replace=False))
+
+    jobs: list[Job] = []
+    for split in SPLITS:  # a fixed order, whatever the order of ``counts``
+        if split not in n_speakers:
+            continue
+        heard = split not in EVAL_SPLITS
+        voices = {e: [c for c in combos if c[0] == e and (e == "espeak" or (c in HELD_OUT_VOICES) != heard)]
+                  for e in engines}  # espeak-ng: every split draws its own combinations below
+        usable = [e for e in engines if voices[e]]
+        shares = np.array([ENGINE_SHARES[e] for e in usable])
+        pool, cursor = [int(order[i]) for i in pools[split]], 0
+        for utt_indices in np.array_split(np.arange(counts[split]), n_speakers[split]):
+            engine = usable[rng.choice(len(usable), p=shares / shares.sum())]
+            if engine == "espeak":
+                combo = next(unused_espeak, None)
+                if combo is None:
+                    raise UserError(f"{split}: espeak-ng has too few voice/variant combinations for "
+                                    f"{sum(n_speakers.values())} speakers; ask for fewer utterances")
+            else:
+                combo = voices[engine][rng.integers(len(voices[engine]))]
+            speaker = Speaker(speaker_id=int(next(ids)), split=split, engine=combo[0], voice=combo[1],
+                              variant=combo[2], speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
+                              pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)))
+            chapter = int(next(chapters))
+            for k in range(len(utt_indices)):
+                target = paragraph_length(rng, split)
+                text, spoken, cursor = _paragraph(sentences, pool, cursor, target,
+                                                  PARAGRAPH_CHARS["eval" if split in EVAL_SPLITS else "train"][3])
+                jobs.append(Job(split=split, name=f"{speaker.speaker_id}-{chapter}-{k:04d}", text=text,
+                                spoken=spoken, speaker=speaker))
+    return jobs
+
+
+# --------------------------------------------------------------------------
 # Synthesis (runs in worker processes)
 
 
@@ -378,12 +512,37 @@ def speak(job: Job) -> tuple[np.ndarray, int]:
         wave, sr = sf.read(io.BytesIO(result.stdout), dtype="float32")
         return wave, sr
     stretch = 165.0 / spk.speed
+    if spk.engine == "festival":
+        return _speak_festival(job.spoken, spk, stretch)
     f0 = FLITE_VOICES[spk.voice] * 2.0 ** ((spk.pitch - 50) / 100.0)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "utt.wav")
         cmd = ["flite", "-voice", spk.voice, "--setf", f"duration_stretch={stretch:.4f}",
                "--setf", f"int_f0_target_mean={f0:.2f}", "-t", job.spoken, "-o", path]
         subprocess.run(cmd, capture_output=True, check=True)
+        wave, sr = sf.read(path, dtype="float32")
+    return wave, sr
+
+
+def _speak_festival(text: str, spk: Speaker, stretch: float) -> tuple[np.ndarray, int]:
+    """festival's text2wave: a diphone voice gets a duration stretch and a mean f0; the HTS voice
+    (which ignores both) a speed rate and a shift in semitones, from the same speed and pitch."""
+    import soundfile as sf
+
+    settings = [f"(voice_{spk.voice})"]
+    if spk.voice.endswith("_hts"):
+        semitones = 12.0 * (spk.pitch - 50) / 100.0
+        settings.append(f'(set! hts_engine_params (append hts_engine_params (list (list "-r" {1 / stretch:.4f}) '
+                        f'(list "-fm" {semitones:.3f}))))')
+    else:
+        f0 = FESTIVAL_VOICES[spk.voice] * 2.0 ** ((spk.pitch - 50) / 100.0)
+        settings.append(f"(Parameter.set 'Duration_Stretch {stretch:.4f})")
+        settings.append(f"(set! int_lr_params '((target_f0_mean {f0:.2f}) (target_f0_std {0.15 * f0:.2f}) "
+                        "(model_f0_mean 170) (model_f0_std 34)))")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "utt.wav")
+        cmd = ["text2wave", *(arg for setting in settings for arg in ("-eval", setting)), "-o", path]
+        subprocess.run(cmd, input=text.encode(), capture_output=True, check=True)
         wave, sr = sf.read(path, dtype="float32")
     return wave, sr
 
@@ -502,8 +661,10 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--hours", type=float,
                       help="about this many hours in all (80%% train-clean-100, 10%% dev, 10%% test)")
     size.add_argument("--counts", help="utterances per split, e.g. train-clean-100=300,dev-clean=50,test-clean=50")
-    size.add_argument("--preset", choices=sorted(PRESETS),
-                      help="sample: the bundled data/sample (voices shared by all splits); heldout: unseen dev/test voices")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="sample: the bundled data/sample (voices shared by all splits); heldout: unseen dev/test "
+                             "voices; paragraphs: the benchmark's LibriSpeech-length corpus (--counts or --hours "
+                             "change its size)")
     parser.add_argument("--seed", type=int, default=None, help=f"random seed (default {DEFAULT_SEED})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--noise", type=float, default=None, metavar="SNR_DB", help="add white noise at this SNR (dB)")
@@ -524,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = {"train-clean-100": 300, "dev-clean": 50, "test-clean": 50}
     seed = args.seed if args.seed is not None else preset.get("seed", DEFAULT_SEED)
     dtype = args.dtype or preset.get("dtype", "float32")
-    plan_options = {k: preset[k] for k in ("shared_voices", "english_only", "max_words") if k in preset}
+    plan_options = {k: preset[k] for k in ("shared_voices", "english_only", "max_words", "paragraphs") if k in preset}
     totals = synthesize_corpus(args.out, counts, seed=seed, workers=args.workers, noise_snr=args.noise,
                                dtype=dtype, n_mels=args.n_mels, **plan_options)
     parts = [f"{s} {n} utt {h:.2f} h" for s, (n, h) in totals.items()]

@@ -1,16 +1,24 @@
 """Augmentation of training batches, in the feature domain: SpecAugment's masks, VTLP and speed
-perturbation (``training.specaugment``).
+perturbation (``training.specaugment``); other channels: noise, a telephone band, reverberation
+(``training.channel``).
 
     augment = SpecAugment(cfg.training.specaugment)
     features, lens = augment(features (B, T, D), lens (B,), strength, perturb)   # -> (B, T2, D), (B,)
+    channel = Channel(cfg.training.channel, n_mels)
+    features = channel(log-mel features (B, T, D), lens (B,))   # before per-utterance normalisation
+    features = normalize_batch(features, lens)                   # as src/data/dataset.py normalises
 
 When each part applies is the training loop's business (src/schedules.py: specaugment_begins,
 specaugment_strength); this module only transforms a batch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from src.data.features import LOG_EPS, mel_band_edges
 
 
 def specaugment_needed(sa) -> bool:
@@ -134,4 +142,84 @@ class SpecAugment(nn.Module):
         return features.masked_fill(freq[:, None, :] | time[:, :, None], 0.0), lens  # (B, 1, D) | (B, T, 1) -> (B, T, D)
 
 
-__all__ = ["SpecAugment", "specaugment_needed"]
+def normalize_batch(features: torch.Tensor, lens: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit variance per bin over each utterance's real frames, as
+    src.data.dataset.normalize_utterance (in float64): (B, T, D) -> (B, T, D), zero beyond lens."""
+    real = (torch.arange(features.size(1), device=features.device)[None, :] < lens[:, None])[:, :, None]  # (B, T, 1)
+    x = features.double().masked_fill(~real, 0.0)
+    n = lens.to(x.dtype)[:, None, None].clamp(min=1)  # (B, 1, 1)
+    mean = x.sum(1, keepdim=True) / n  # (B, 1, D)
+    var = ((x - mean).masked_fill(~real, 0.0) ** 2).sum(1, keepdim=True) / n  # (B, 1, D)
+    return ((x - mean) / torch.sqrt(var + eps)).masked_fill(~real, 0.0).to(features.dtype)
+
+
+class Channel(nn.Module):
+    """Another recording channel for a share of the training utterances, on log-mel features before
+    their per-utterance normalisation (which would cancel a fixed gain per bin, not these):
+
+    - reverberation: each bin's power smeared forward in time by an exponential tail that falls
+      60 dB in RT60 seconds (drawn from 0.1 .. ``rt60_max``), the direct sound kept at 1;
+    - a telephone band: bins whose centre lies outside 300-3400 Hz lose 30 dB;
+    - noise at an SNR drawn from ``snr_db_min`` .. ``snr_db_max`` against the utterance's mean
+      power over its real frames and bins: white noise, so each bin gets power in proportion to its
+      filter's bandwidth, with the frame-to-frame spread of a power estimate (chi-square, 8
+      degrees of freedom).
+
+    Each utterance takes a channel with probability ``prob``; a channel has each of the three
+    parts with its own probability (``reverb``, ``band_limit``, ``noise``). Random numbers come
+    from torch's generator, like SpecAugment's, so a resumed run draws what a straight one would.
+    """
+
+    def __init__(self, cfg, n_mels: int):
+        super().__init__()
+        self.cfg = cfg
+        edges = torch.tensor(mel_band_edges(n_mels), dtype=torch.float32)  # (D + 2,) Hz
+        centres, width = edges[1:-1], edges[2:] - edges[:-2]  # (D,) each
+        self.register_buffer("white", width / width.mean(), persistent=False)  # (D,) white noise per bin
+        outside = (centres < 300.0) | (centres > 3400.0)
+        self.register_buffer("telephone", torch.where(outside, 1e-3, 1.0), persistent=False)  # (D,) power gain
+
+    @staticmethod
+    def reverberate(power: torch.Tensor, rt60: torch.Tensor, frame_seconds: float = 0.01) -> torch.Tensor:
+        """power (B, T, D), rt60 (B,) seconds -> (B, T, D): y[t] = sum_k a^k power[t - k] over one RT60
+        of frames, a = 10^(-6 * frame_seconds / rt60) (60 dB per RT60)."""
+        b, t, d = power.shape
+        k = max(1, int(math.ceil(float(rt60.max()) / frame_seconds)))
+        decay = 10.0 ** (-6.0 * frame_seconds / rt60)  # (B,) per frame
+        kernel = decay[:, None] ** torch.arange(k, device=power.device, dtype=power.dtype)  # (B, K): a^0 .. a^(K-1)
+        x = power.transpose(1, 2).reshape(1, b * d, t)  # (B, T, D) -> (B, D, T) -> (1, B*D, T)
+        weight = kernel.flip(1).repeat_interleave(d, dim=0)[:, None, :]  # (B*D, 1, K), oldest tap first
+        y = nn.functional.conv1d(nn.functional.pad(x, (k - 1, 0)), weight, groups=b * d)  # (1, B*D, T)
+        return y.reshape(b, d, t).transpose(1, 2)  # (1, B*D, T) -> (B, D, T) -> (B, T, D)
+
+    def forward(self, features: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """log-mel features (B, T, D) (natural log of mel power + LOG_EPS), lens (B,) -> (B, T, D),
+        zero beyond lens; utterances without a channel come back unchanged."""
+        cfg = self.cfg
+        b, t, d = features.shape
+        device = features.device
+        draw = lambda p: (torch.rand(b, device=device) < p)  # noqa: E731  (B,) bool
+        chosen = draw(cfg.prob)
+        reverb, band, noise = chosen & draw(cfg.reverb), chosen & draw(cfg.band_limit), chosen & draw(cfg.noise)
+        rt60 = 0.1 + (cfg.rt60_max - 0.1) * torch.rand(b, device=device)  # (B,)
+        snr_db = cfg.snr_db_min + (cfg.snr_db_max - cfg.snr_db_min) * torch.rand(b, device=device)  # (B,)
+        fluctuation = torch.randn(b, t, d, 8, device=device).pow(2).mean(-1)  # (B, T, D): chi-square(8) / 8
+        if not bool(chosen.any()):
+            return features
+        real = (torch.arange(t, device=device)[None, :] < lens[:, None])[:, :, None]  # (B, T, 1)
+        power = (features.float().exp() - LOG_EPS).clamp(min=0.0) * real  # (B, T, D) mel power
+        if cfg.reverb > 0 and bool(reverb.any()):
+            power = torch.where(reverb[:, None, None], self.reverberate(power, rt60) * real, power)
+        power = torch.where(band[:, None, None], power * self.telephone, power)
+        level = power.sum((1, 2)) / (lens.clamp(min=1) * d)  # (B,) mean power per bin and frame
+        floor = level * 10.0 ** (-snr_db / 10.0)  # (B,)
+        power = torch.where(noise[:, None, None], power + floor[:, None, None] * self.white * fluctuation, power)
+        out = torch.log(power + LOG_EPS).masked_fill(~real, 0.0).to(features.dtype)
+        return torch.where(chosen[:, None, None], out, features)
+
+
+def channel_needed(channel_cfg) -> bool:
+    return channel_cfg.prob > 0.0
+
+
+__all__ = ["Channel", "SpecAugment", "channel_needed", "normalize_batch", "specaugment_needed"]

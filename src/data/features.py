@@ -58,11 +58,16 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
+def mel_band_edges(n_mels: int = N_MELS) -> np.ndarray:
+    """(n_mels + 2,) Hz: the edges and centres of the HTK mel filters; filter d spans edges d .. d + 2
+    and peaks at d + 1."""
+    return _mel_to_hz(np.linspace(_hz_to_mel(np.float64(F_MIN)), _hz_to_mel(np.float64(F_MAX)), n_mels + 2))
+
+
 def mel_filterbank(n_mels: int = N_MELS) -> np.ndarray:
     """HTK mel filterbank, (N_FFT // 2 + 1, n_mels) float64, triangles peaking at 1."""
     fft_freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)  # (257,)
-    mel_points = np.linspace(_hz_to_mel(np.float64(F_MIN)), _hz_to_mel(np.float64(F_MAX)), n_mels + 2)
-    hz_points = _mel_to_hz(mel_points)  # (n_mels + 2,) filter edges and centres
+    hz_points = mel_band_edges(n_mels)  # (n_mels + 2,) filter edges and centres
     widths = np.diff(hz_points)  # (n_mels + 1,)
     slopes = hz_points[None, :] - fft_freqs[:, None]  # (257, n_mels + 2)
     down = -slopes[:, :-2] / widths[:-1]  # rising edge, (257, n_mels)

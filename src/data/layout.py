@@ -41,6 +41,7 @@ PARTITIONS: dict[str, list[str]] = {
     "train-clean-460": ["train-clean-100", "train-clean-360"],
     "dev-clean": ["dev-clean"],
     "test-clean": ["test-clean"],
+    "dev-clean-long": ["dev-clean-long"],  # not the competition's: 25-35 s utterances, python -m src.corpus.long
 }
 # the folders that exist on disk, in a fixed order
 SPLIT_FOLDERS: list[str] = ["train-clean-100", "train-clean-360", "dev-clean", "test-clean"]

@@ -13,7 +13,9 @@
                               with the LM fused in (decoding.lm_weight, decoding.length_bonus)
 
 Every decoder bounds the output by the one length policy
-(:func:`max_output_lengths`, per input frame). ``decode_batch`` puts the model
+(:func:`max_output_lengths`, per input frame). With ``decoding.segment_seconds``
+a step decoder meets long utterances in pieces cut at the CTC head's word
+boundaries (src/decoding/segments.py). ``decode_batch`` puts the model
 in eval mode for the call and restores the previous mode afterwards, so
 training code can call it mid-epoch.
 """
@@ -28,6 +30,7 @@ from src.decoding.beam import Hypothesis, beam_search, length_normalised
 from src.decoding.ctc_prefix import CTCPrefixScorer
 from src.decoding.greedy import greedy_decode, max_output_lengths, next_token_log_probs, score_sequences
 from src.decoding.lm import CharLMScorer, load_lm, load_packed_lm
+from src.decoding.segments import decode_in_pieces
 from src.errors import UserError
 from src.models.interface import EncoderOutput, is_step_decoder
 from src.vocab import EOS, VOCAB
@@ -108,8 +111,16 @@ def decode_encoded(model, encoded: EncoderOutput, feature_lens: torch.Tensor, de
     feature_lens (B,): input frames per utterance, for the length policy, which bounds the output of
     every decoder here, whatever the decoder did (the one place: :func:`max_output_lengths`).
     """
-    max_lens = max_output_lengths(feature_lens, decoding_cfg.max_chars_per_frame, decoding_cfg.max_length_min)
-    ids = _decode(model, encoded, max_lens, decoding_cfg)
+    def limits(frames: torch.Tensor) -> torch.Tensor:
+        return max_output_lengths(frames, decoding_cfg.max_chars_per_frame, decoding_cfg.max_length_min)
+
+    max_lens = limits(feature_lens)
+    ids = None
+    if is_step_decoder(model):  # long utterances in pieces cut at CTC word boundaries (decoding.segment_seconds)
+        ids = decode_in_pieces(encoded, feature_lens, decoding_cfg.segment_seconds,
+                               lambda pieces, frames: _decode(model, pieces, limits(frames), decoding_cfg))
+    if ids is None:
+        ids = _decode(model, encoded, max_lens, decoding_cfg)
     return [row[: int(limit)] for row, limit in zip(ids, max_lens.tolist())]
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from src import distributed as dist_utils
 from src.atomic import write_text_atomic
 from src.config import Config, dump_yaml
+from src.data.augment import normalize_batch
 from src.data.dataset import make_loader
 from src.errors import Terminated
 from src.schedules import PlateauState, plateau_update
@@ -81,6 +82,11 @@ def train_step(run: Run, batch, options: dict, elapsed: float) -> tuple[Any, flo
     lr = lr_for_step(run, state.global_step, elapsed)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    if run.channel is not None:  # another channel on the log-mel features, then the normalisation the loader skipped
+        features = run.channel(batch.features, batch.feature_lens)
+        if run.cfg.data.normalize == "utterance":
+            features = normalize_batch(features, batch.feature_lens)
+        batch = dataclasses.replace(batch, features=features)
     with autocast(run.device, run.amp_dtype):
         if run.specaugment is not None:
             strength, perturb = augmentation_strength(run, state.global_step, elapsed)

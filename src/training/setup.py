@@ -16,7 +16,7 @@ from src import distributed as dist_utils
 from src.atomic import check_writable_dir
 from src.checkpoint import load_checkpoint
 from src.config import Config
-from src.data.augment import SpecAugment, specaugment_needed
+from src.data.augment import Channel, SpecAugment, channel_needed, specaugment_needed
 from src.data.check import check_data
 from src.data.dataset import LengthBucketSampler, SpeechDataset, SubsetDataset, collate
 from src.data.layout import resolve_data_root
@@ -54,7 +54,9 @@ def _load_data(cfg: Config, info: dist_utils.DistInfo):
             check_data(root, [cfg.data.train_partition, cfg.data.dev_partition], n_mels=cfg.data.n_mels)
         dist_utils.barrier(info)
     kwargs = dict(n_mels=cfg.data.n_mels, normalize=cfg.data.normalize, in_memory=cfg.data.in_memory)
-    train_set = SpeechDataset(root, cfg.data.train_partition, **kwargs)
+    # with training.channel the training batches are normalised after the channel (src/training/loop.py)
+    train_set = SpeechDataset(root, cfg.data.train_partition,
+                              **{**kwargs, "normalize": "none"} if channel_needed(cfg.training.channel) else kwargs)
     dev_set = SpeechDataset(root, cfg.data.dev_partition, **kwargs)
     if len(train_set) < info.world_size:
         raise UserError(f"{root}: {cfg.data.train_partition} has {len(train_set)} utterances, "
@@ -120,6 +122,8 @@ def setup_run(cfg: Config) -> Run:
     run.sync_hook_state()
     if specaugment_needed(cfg.training.specaugment):
         run.specaugment = SpecAugment(cfg.training.specaugment).to(device)
+    if channel_needed(cfg.training.channel):
+        run.channel = Channel(cfg.training.channel, cfg.data.n_mels).to(device)
     run.log = RunLog(cfg, run_dir, info.is_main, warn, state.wandb_id)
     state.wandb_id = run.log.wandb_id
     run.log.line(config_summary(cfg))

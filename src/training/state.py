@@ -126,6 +126,7 @@ class Run:
     log: RunLog | None = None
     warn: WarnOnce = field(default_factory=WarnOnce)
     specaugment: nn.Module | None = None
+    channel: nn.Module | None = None  # training.channel (src/data/augment.py); the batches come unnormalised then
     session_start: float = field(default_factory=time.monotonic)
     minutes_at_start: float = 0.0
 
