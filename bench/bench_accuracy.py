@@ -152,6 +152,13 @@ def main() -> int:
     args = parser.parse_args()
     from host import describe, host_load
 
+    # everything scoring needs, loaded before the training step: a run of an hour must not mix this
+    # tree's config with decoders changed under it meanwhile
+    import importlib
+
+    for module in ("src.checkpoint", "src.data.dataset", "src.decoding", "src.metrics"):
+        importlib.import_module(module)
+
     load_before = host_load()
     print(describe(load_before), flush=True)
 
