@@ -76,10 +76,9 @@ LABELS = {"ctc_weight": "ctc", "lm_weight": "lm", "length_penalty": "lp", "segme
 def default_decoder(family: str):
     """The decoding settings test.py uses for a checkpoint of ``family`` here: config.yaml's, under the
     decoding: section of the preset training picks (configs/cpu-FAMILY.yaml on this machine)."""
-    from src.config import choose_preset, load_config
+    from src.config import load_decoding_config
 
-    preset, _ = choose_preset("auto", None, None, family=family)
-    return load_config("config.yaml", preset=preset, preset_sections=("decoding",)).decoding
+    return load_decoding_config("config.yaml", None, "auto", family)[0].decoding
 
 
 def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_size: int, base=None,

@@ -27,10 +27,9 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from src.corpus.text import normalize_text
+from src.corpus.text import FORTUNES_DIR, SENTENCE_END, normalize_text
 from src.errors import UserError
 
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNES_SKIPPED = frozenset({"art", "ascii-art", "translate-me", "perl"})  # pictures, code, other languages
 GCIDE = Path("/usr/share/dictd/gcide.dict.dz")
 SOURCES = {"fortunes": "apt-get install fortunes fortunes-min fortune-anarchism",
@@ -38,11 +37,9 @@ SOURCES = {"fortunes": "apt-get install fortunes fortunes-min fortune-anarchism"
            "gcide": "apt-get install dict-gcide"}
 MIN_WORDS = 3
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
-
 
 def _sentences(paragraph: str) -> Iterator[str]:
-    for raw in _SENTENCE_END.split(" ".join(paragraph.split())):
+    for raw in SENTENCE_END.split(" ".join(paragraph.split())):
         text = normalize_text(raw)
         if not text:
             continue

@@ -70,7 +70,7 @@ import numpy as np
 
 from src.data.features import N_MELS, log_mel, save_npy_atomic
 from src.corpus.pool import run_jobs
-from src.corpus.text import normalize_text
+from src.corpus.text import FORTUNES_DIR, SENTENCE_END, normalize_text
 from src.atomic import write_text_atomic
 from src.errors import UserError, run_cli
 
@@ -112,7 +112,6 @@ MEAN_UTTERANCE_SECONDS = 4.0
 UTTERANCES_PER_SPEAKER = {"train-clean-100": 10, "train-clean-360": 10, "dev-clean": 5, "test-clean": 5}
 UTTERANCES_PER_CHAPTER = 20
 
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
 # fortune files that are pictures, code or other languages; and those of other packages than fortunes and
 # fortunes-min (fortune-anarchism: text for the general-English LM), so that installing them changes no corpus
 FORTUNE_FILES_SKIPPED = frozenset({"art", "ascii-art", "translate-me", "perl", "linux", "debian", "computers",
@@ -171,7 +170,6 @@ class Job:
 # Sentences
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")
 _ABBREVIATIONS = frozenset("MR MRS MS DR ST JR SR VS ETC EG IE AM PM CO INC LTD NO VOL FIG PP".split())
 
 
@@ -218,7 +216,7 @@ def load_sentences(fortunes_dir: Path = FORTUNES_DIR) -> list[tuple[str, str]]:
         content = path.read_bytes().decode("utf-8", errors="replace")
         for fortune in re.split(r"^%\s*$", content, flags=re.M):
             lines = [ln.strip() for ln in fortune.splitlines() if not ln.lstrip().startswith("--")]
-            for raw in _SENTENCE_END.split(" ".join(ln for ln in lines if ln)):
+            for raw in SENTENCE_END.split(" ".join(ln for ln in lines if ln)):
                 pair = _speakable(raw)
                 if pair is not None and pair[0] not in seen:
                     seen.add(pair[0])

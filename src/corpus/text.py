@@ -10,7 +10,12 @@ utterance and counts the reason as :data:`UNMAPPABLE`.
 """
 from __future__ import annotations
 
+import re
 import unicodedata
+from pathlib import Path
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")  # Debian's fortunes: English sentences for synth and the LM
+SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z])")  # where running text splits into sentences
 
 UNMAPPABLE = "unmappable text"  # the skip reason callers count when normalize_text returns None
 
