@@ -113,6 +113,40 @@ def test_attention_masks_from_lengths_and_sums_to_one():
         torch.testing.assert_close(context[b], (w[:, None] * values[b, :n]).sum(0))
 
 
+def test_location_aware_scores_against_a_loop():
+    """Location-aware attention: each frame's score is the content score plus w . tanh of the
+    previous weights convolved (zero padded, centred), by explicit sums over kernel taps."""
+    torch.manual_seed(0)
+    K, C = 5, 3
+    att = Attention(listener_dim=6, query_dim=5, attention_dim=4, location_kernel=K, location_channels=C)
+    lens = torch.tensor([9, 4])
+    keys, values = att.project(torch.randn(2, 9, 6))
+    state = torch.randn(2, 5)
+    previous = torch.softmax(torch.randn(2, 9), dim=1) * (torch.arange(9) < lens[:, None])
+    context, weights = att(state, keys, values, lens, previous=previous)
+    W = att.location.weight[:, 0]  # (C, K)
+    w = att.location_score.weight[0]  # (C,)
+    for b, n in enumerate(lens.tolist()):
+        q = att.query(state[b])
+        scores = []
+        for t in range(n):
+            conv = [sum(W[c, j] * previous[b, t + j - K // 2] for j in range(K) if 0 <= t + j - K // 2 < 9)
+                    for c in range(C)]
+            location = sum(w[c] * torch.tanh(conv[c]) for c in range(C))
+            scores.append(keys[b, t] @ q / math.sqrt(4) + location)
+        expected = torch.softmax(torch.stack(scores), 0)
+        torch.testing.assert_close(weights[b, :n], expected)
+        assert torch.all(weights[b, n:] == 0)
+        torch.testing.assert_close(context[b], (expected[:, None] * values[b, :n]).sum(0))
+    with pytest.raises(ValueError):  # it needs the previous step
+        att(state, keys, values, lens)
+
+
+def test_location_kernel_must_be_odd():
+    with pytest.raises(UserError, match="location_kernel"):
+        LASConfig(location_kernel=4)
+
+
 # --------------------------------------------------------------------------
 # Step function and teacher-forced forward
 
@@ -126,9 +160,9 @@ def _toy_batch(seed=0, B=3, T=30, U=9):
     return x, lens, tokens
 
 
-@pytest.mark.parametrize("input_feeding", [True, False])
-def test_step_loop_reproduces_teacher_forced_forward(input_feeding):
-    model = tiny_las(input_feeding=input_feeding).eval()
+@pytest.mark.parametrize("input_feeding,location_kernel", [(True, 0), (False, 0), (False, 5), (True, 3)])
+def test_step_loop_reproduces_teacher_forced_forward(input_feeding, location_kernel):
+    model = tiny_las(input_feeding=input_feeding, location_kernel=location_kernel).eval()
     x, lens, tokens = _toy_batch()
     with torch.no_grad():
         encoded = model.encode(x, lens)
@@ -160,10 +194,11 @@ def test_teacher_forcing_zero_feeds_own_argmax():
             tok = step_logits.argmax(-1)
 
 
-def test_parallel_scheduled_sampling_feeds_the_guesses_of_a_true_prefix():
+@pytest.mark.parametrize("location_kernel", [0, 3])
+def test_parallel_scheduled_sampling_feeds_the_guesses_of_a_true_prefix(location_kernel):
     """Without input feeding, rate 0 (training mode, no dropout): every input after SOS is the
     argmax the model gives at the position before it when fed the true tokens (step loop reference)."""
-    model = tiny_las(input_feeding=False).train()
+    model = tiny_las(input_feeding=False, location_kernel=location_kernel).train()
     x, lens, tokens = _toy_batch(seed=4)
     with torch.no_grad():
         logits, _ = model.teacher_forced(model.encode(x, lens), tokens, 0.0)
@@ -180,8 +215,9 @@ def test_parallel_scheduled_sampling_feeds_the_guesses_of_a_true_prefix():
     assert not torch.equal(fed[:, 1:], tokens[:, 1:])  # the test feeds something other than the truth
 
 
-def test_reorder_state_and_index_select():
-    model = tiny_las().eval()
+@pytest.mark.parametrize("location_kernel", [0, 3])
+def test_reorder_state_and_index_select(location_kernel):
+    model = tiny_las(location_kernel=location_kernel).eval()
     x, lens, tokens = _toy_batch(seed=5)
     index = torch.tensor([2, 0, 2, 1])
     with torch.no_grad():

@@ -4,12 +4,16 @@
                concatenating adjacent frames (halving T) before its BLSTM;
                locked dropout between layers; packed sequences from lengths.
     Attention  key/value projections of the listener output, a query from the
-               speller state, scaled dot-product scores masked from lengths.
+               speller state, scaled dot-product scores masked from lengths;
+               optionally location-aware (Chorowski et al., 2015): a convolution
+               over the previous step's weights adds a score per frame, so the
+               speller can learn to move on from where it last looked.
     Speller    embedding + two LSTM layers + a character distribution network
                whose output matrix is the embedding (weight tying). ONE step
                function serves greedy and beam search, and teacher-forced
-               training with input feeding; without input feeding, training
-               computes every step at once with the same layers (tested equal).
+               training with input feeding or location-aware attention; without
+               either, training computes every step at once with the same layers
+               (tested equal).
     CTC head   log-softmax over the vocabulary on the output of pBLSTM layer
                ``ctc_layer`` (default 1 of 2 after a stride-2 front end: T/4,
                because at T/8 the listener has fewer frames than a LibriSpeech
@@ -40,7 +44,7 @@ from src.models.losses import attention_cross_entropy, ctc_loss, guided_attentio
 from src.models.layers import rnn_within_lengths, zero_beyond_lengths
 from src.models.registry import Family, register_family
 
-State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context), all batch-first
+State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context, attn), all batch-first; attn (B, T') of the last step
 
 
 @dataclass
@@ -51,7 +55,7 @@ class LASConfig:
     RANGES = {"conv_channels": "[1, 8192]", "conv_stride": "[1, 64]", "listener_hidden": "[1, 8192]",
               "listener_layers": "[1, 16]", "locked_dropout": "[0, 1)", "attention_dim": "[1, 8192]",
               "embedding_dim": "[1, 8192]", "speller_hidden": "[1, 8192]", "speller_dropout": "[0, 1)",
-              "ctc_layer": "[1, 16]"}  # what each setting accepts (src/config.py: check_ranges)
+              "ctc_layer": "[1, 16]", "location_kernel": "[0, 255]", "location_channels": "[1, 1024]"}  # what each setting accepts (src/config.py: check_ranges)
 
     conv_channels: int = 128  # Conv1d front end output channels
     conv_stride: int = 2  # Conv1d front end stride; T' = ceil(T / stride / 2**listener_layers)
@@ -62,12 +66,16 @@ class LASConfig:
     embedding_dim: int = 128  # character embedding size E (tied to the output layer)
     speller_hidden: int = 256  # hidden size of each of the two speller LSTMs
     input_feeding: bool = False  # true: the first speller LSTM also reads the previous context (slower)
+    location_kernel: int = 0  # location-aware attention: conv kernel over the last step's weights (odd; 0 = off)
+    location_channels: int = 8  # location-aware attention: filters of that convolution
     speller_dropout: float = 0.1  # dropout inside the speller
     tie_weights: bool = True  # the character distribution shares the embedding matrix
     ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
     ctc_layer: int = 1  # pBLSTM layer (1..listener_layers) feeding the CTC head
 
     def __post_init__(self) -> None:
+        if self.location_kernel and self.location_kernel % 2 == 0:
+            raise UserError(f"config: 'model.las.location_kernel' must be odd (or 0 = off); got {self.location_kernel}")
         if self.ctc_head and not 1 <= self.ctc_layer <= self.listener_layers:
             raise UserError(f"config: 'model.las.ctc_layer' must be in 1..{self.listener_layers} "
                             f"(model.las.listener_layers); got {self.ctc_layer}")
@@ -184,33 +192,64 @@ class Listener(nn.Module):
 
 
 class Attention(nn.Module):
-    """Scaled dot-product attention: keys/values from the listener, query from the speller."""
+    """Scaled dot-product attention: keys/values from the listener, query from the speller.
 
-    def __init__(self, listener_dim: int, query_dim: int, attention_dim: int):
+    With ``location_kernel`` K > 0 it is location-aware: the weights of the previous
+    step, convolved with C filters of width K, add ``w . tanh(conv)`` to each frame's
+    score. Content alone cannot tell the fifth "THE" of a paragraph from the first;
+    where the last step looked can.
+    """
+
+    def __init__(self, listener_dim: int, query_dim: int, attention_dim: int,
+                 location_kernel: int = 0, location_channels: int = 8):
         super().__init__()
         self.key = nn.Linear(listener_dim, attention_dim)
         self.value = nn.Linear(listener_dim, attention_dim)
         self.query = nn.Linear(query_dim, attention_dim)
         self.scale = 1.0 / math.sqrt(attention_dim)
+        self.location = None
+        if location_kernel:
+            self.location = nn.Conv1d(1, location_channels, location_kernel, padding=location_kernel // 2, bias=False)
+            self.location_score = nn.Linear(location_channels, 1, bias=False)
 
     def project(self, listener_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T', 2H) -> keys (B, T', A), values (B, T', A); once per utterance."""
         return self.key(listener_out), self.value(listener_out)
 
     def forward(
-        self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lens: torch.Tensor
+        self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lens: torch.Tensor,
+        previous: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """state (B, Hs) or (B, U, Hs), keys/values (B, T', A), lens (B,) -> context (B, A) or (B, U, A),
-        weights (B, T') or (B, U, T') summing to 1 over T' and exactly 0 at t >= lens."""
+        weights (B, T') or (B, U, T') summing to 1 over T' and exactly 0 at t >= lens.
+        ``previous`` (B, T'): the last step's weights, read by location-aware attention (one step only)."""
         one_step = state.dim() == 2
-        query = self.query(state.unsqueeze(1) if one_step else state)  # (B, U, Hs) -> (B, U, A); one step: U = 1
-        scores = torch.bmm(query, keys.transpose(1, 2)) * self.scale  # (B, U, A) x (B, A, T') -> (B, U, T')
+        scores = self.content_scores(state.unsqueeze(1) if one_step else state, keys)  # (B, U, T'); one step: U = 1
+        if self.location is not None:
+            if not one_step or previous is None:
+                raise ValueError("location-aware attention runs one step at a time, given the previous weights")
+            scores = scores + self.location_scores(previous).unsqueeze(1)  # (B, T') -> (B, 1, T'), U = 1
         mask = lengths_to_mask(lens, keys.size(1)).unsqueeze(1)  # (B, T') -> (B, 1, T'), broadcast over U
-        weights = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=2)  # float32 under autocast
+        weights = self.normalise(scores, mask)
         context = torch.bmm(weights.to(values.dtype), values)  # (B, U, T') x (B, T', A) -> (B, U, A)
         if one_step:
             return context.squeeze(1), weights.squeeze(1)  # (B, 1, A) -> (B, A); (B, 1, T') -> (B, T')
         return context, weights
+
+    def content_scores(self, states: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """states (B, U, Hs), keys (B, T', A) -> scaled dot products (B, U, T')."""
+        query = self.query(states)  # (B, U, Hs) -> (B, U, A)
+        return torch.bmm(query, keys.transpose(1, 2)) * self.scale  # (B, U, A) x (B, A, T') -> (B, U, T')
+
+    def location_scores(self, previous: torch.Tensor) -> torch.Tensor:
+        """The last step's weights (B, T') -> each frame's location score (B, T')."""
+        conv = self.location(previous.unsqueeze(1).to(self.location.weight.dtype))  # (B, T') -> (B, 1, T') -> (B, C, T')
+        return self.location_score(torch.tanh(conv.transpose(1, 2))).squeeze(2)  # (B, T', C) -> (B, T', 1) -> (B, T')
+
+    @staticmethod
+    def normalise(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Softmax over frames, in float32 (also under autocast), exactly 0 where mask is False."""
+        return torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
 
 
 class Speller(nn.Module):
@@ -221,7 +260,9 @@ class Speller(nn.Module):
     the target one character at a time (two LSTMCells). Without it the LSTMs read
     the characters only: their outputs for a whole target come from one fused
     LSTM call per layer and the attention for every step from one batched
-    product, and ``step_features`` is the same computation for one position.
+    product (location-aware attention: one product per step, each reading the
+    weights of the step before), and ``step_features`` is the same computation
+    for one position.
     """
 
     def __init__(
@@ -234,6 +275,8 @@ class Speller(nn.Module):
         dropout: float,
         tie_weights: bool,
         input_feeding: bool = False,
+        location_kernel: int = 0,
+        location_channels: int = 8,
     ):
         super().__init__()
         self.hidden = hidden
@@ -246,7 +289,7 @@ class Speller(nn.Module):
         else:  # the same two layers as LSTMs over a sequence (of one position when decoding)
             self.rnn1 = nn.LSTM(embedding_dim, hidden, batch_first=True)
             self.rnn2 = nn.LSTM(hidden, hidden, batch_first=True)
-        self.attention = Attention(listener_dim, hidden, attention_dim)
+        self.attention = Attention(listener_dim, hidden, attention_dim, location_kernel, location_channels)
         self.dropout = nn.Dropout(dropout)
         # char distribution: [h2; context] -> embedding space -> vocabulary
         self.char_proj = nn.Linear(hidden + attention_dim, embedding_dim)
@@ -258,17 +301,20 @@ class Speller(nn.Module):
             _init_lstm(layer)
 
     def init_state(self, batch: int, like: torch.Tensor) -> State:
-        """Zero recurrent states and context, (B, Hs) x 4 and (B, A)."""
+        """Zero recurrent states and context, (B, Hs) x 4 and (B, A), and the weights of a step
+        "before" the first, all on frame 0 (B, T'), T' = like.size(1): speech starts at the start."""
         h = like.new_zeros(batch, self.hidden)
-        return (h, h.clone(), h.clone(), h.clone(), like.new_zeros(batch, self.attention_dim))
+        attn = like.new_zeros(batch, like.size(1))
+        attn[:, 0] = 1.0
+        return (h, h.clone(), h.clone(), h.clone(), like.new_zeros(batch, self.attention_dim), attn)
 
     def recurrence(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Without input feeding: embedded (B, U, E) -> top-layer outputs (B, U, Hs), state after
         the last position. The LSTM layers of teacher-forced training (U = target) and of a step (U = 1)."""
-        h1, c1, h2, c2, context = state
+        h1, c1, h2, c2, context, attn = state
         out1, (h1, c1) = self.rnn1(embedded, (h1.unsqueeze(0), c1.unsqueeze(0)))  # state (B, Hs) -> (1, B, Hs)
         out2, (h2, c2) = self.rnn2(self.dropout(out1), (h2.unsqueeze(0), c2.unsqueeze(0)))  # (B, U, Hs)
-        return out2, (h1.squeeze(0), c1.squeeze(0), h2.squeeze(0), c2.squeeze(0), context)  # (1, B, Hs) -> (B, Hs)
+        return out2, (h1.squeeze(0), c1.squeeze(0), h2.squeeze(0), c2.squeeze(0), context, attn)  # (1, B, Hs) -> (B, Hs)
 
     def step_features(
         self, tokens: torch.Tensor, state: State, keys, values, lens
@@ -276,16 +322,16 @@ class Speller(nn.Module):
         """THE recurrence: tokens (B,) -> output features (B, Hs + A), new state, attn (B, T')."""
         embedded = self.embedding(tokens)  # (B,) -> (B, E)
         if self.input_feeding:
-            h1, c1, h2, c2, context = state
+            h1, c1, h2, c2, context, _ = state
             x = torch.cat([embedded, context], dim=1)  # (B, E) + (B, A) -> (B, E + A)
             h1, c1 = self.cell1(x, (h1, c1))
             h2, c2 = self.cell2(self.dropout(h1), (h2, c2))
         else:
-            out, (h1, c1, h2, c2, _) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
+            out, (h1, c1, h2, c2, _, _) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
             h2 = out.squeeze(1)  # (B, 1, Hs) -> (B, Hs)
-        context, attn = self.attention(h2, keys, values, lens)
+        context, attn = self.attention(h2, keys, values, lens, previous=state[5])
         out = torch.cat([h2, context], dim=1)  # (B, Hs) + (B, A) -> (B, Hs + A)
-        return out, (h1, c1, h2, c2, context), attn
+        return out, (h1, c1, h2, c2, context, attn), attn
 
     def all_features(self, tokens_in: torch.Tensor, keys, values, lens) -> tuple[torch.Tensor, torch.Tensor]:
         """Without input feeding, every position at once: tokens_in (B, U) -> output features
@@ -293,7 +339,17 @@ class Speller(nn.Module):
         end of a target cannot reach the real positions before it (the LSTMs run forward)."""
         state = self.init_state(tokens_in.size(0), keys)
         out, _ = self.recurrence(self.embedding(tokens_in), state)  # (B, U) -> (B, U, E) -> (B, U, Hs)
-        context, attn = self.attention(out, keys, values, lens)  # (B, U, A), (B, U, T')
+        if self.attention.location is None:
+            context, attn = self.attention(out, keys, values, lens)  # (B, U, A), (B, U, T')
+        else:  # each step's weights feed the next: only the location scores run one position at a time
+            content = self.attention.content_scores(out, keys)  # (B, U, T')
+            mask = lengths_to_mask(lens, keys.size(1))  # (B, T')
+            previous, attns = state[5], []
+            for u in range(out.size(1)):
+                previous = self.attention.normalise(content[:, u] + self.attention.location_scores(previous), mask)
+                attns.append(previous)  # (B, T')
+            attn = torch.stack(attns, dim=1)  # U x (B, T') -> (B, U, T')
+            context = torch.bmm(attn.to(values.dtype), values)  # (B, U, T') x (B, T', A) -> (B, U, A)
         return torch.cat([out, context], dim=2), attn  # (B, U, Hs) + (B, U, A) -> (B, U, Hs + A)
 
     def char_logits(self, out: torch.Tensor) -> torch.Tensor:
@@ -318,7 +374,7 @@ class LAS(nn.Module):
         )
         self.speller = Speller(
             vocab_size, cfg.embedding_dim, cfg.speller_hidden, cfg.attention_dim, self.listener.output_dim,
-            cfg.speller_dropout, cfg.tie_weights, cfg.input_feeding,
+            cfg.speller_dropout, cfg.tie_weights, cfg.input_feeding, cfg.location_kernel, cfg.location_channels,
         )
         self.ctc = nn.Linear(2 * cfg.listener_hidden, vocab_size) if cfg.ctc_head else None
 
