@@ -70,7 +70,7 @@ CORPORA = {
 }
 
 # how a decoding setting is named in a row's decoder column
-LABELS = {"ctc_weight": "ctc", "lm_weight": "lm", "length_penalty": "lp", "segment_seconds": "seg"}
+LABELS = {"ctc_weight": "ctc", "lm_weight": "lm", "length_penalty": "lp", "length_bonus": "bonus", "segment_seconds": "seg"}
 
 
 def default_decoder(family: str):
@@ -133,10 +133,16 @@ def main() -> int:
                         help="decoding.length_penalty of the beam rows (default: the committed one)")
     parser.add_argument("--ctc-weights", default=None,
                         help="comma-separated decoding.ctc_weight values, one beam row each (joint CTC/attention; "
-                             "default: 0 and the committed one, config.yaml's or the family's preset's)")
+                             "default: 0 and the committed one, config.yaml's or the family's preset's; 0 alone for a CTC-only family)")
     parser.add_argument("--lm-weights", default="0",
-                        help="comma-separated decoding.lm_weight values; > 0 builds a 6-gram character LM from the "
-                             "corpus' training transcripts (out/lm-char6.npz) and fuses it")
+                        help="comma-separated decoding.lm_weight values: beam rows with a 6-gram character LM fused "
+                             "(built once, see --lm)")
+    parser.add_argument("--lm", choices=("english", "transcripts"), default="english",
+                        help="english: general English text from Debian packages, the corpus' dev and test sentences "
+                             "left out (out/lm-english6.npz); transcripts: the corpus' training transcripts "
+                             "(out/lm-char6.npz, the figures before 2026-12-03)")
+    parser.add_argument("--length-bonus", type=non_negative, default=None,
+                        help="decoding.length_bonus of the LM rows (default: the committed one)")
     parser.add_argument("--segments", default="",
                         help="comma-separated decoding.segment_seconds values: more dev-clean-long rows (greedy and "
                              "beam), the long utterances decoded in pieces cut at CTC word boundaries")
@@ -167,7 +173,6 @@ def main() -> int:
     args.train, args.eval = args.train or n_train, args.eval or n_eval
     family = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("model.family=")), "las")
     decoder = default_decoder(family)
-    args.ctc_weights = args.ctc_weights or f"0,{decoder.ctc_weight:g}"
     default_name = f"{prefix}-{args.minutes:g}min" + ("" if family == "las" else f"-{family}")
     run_dir = out / (args.name or default_name)
     if not (corpus / "test_reference.csv").exists():
@@ -182,10 +187,18 @@ def main() -> int:
         )
         (run_dir / "done").touch()
     ckpt = run_dir / args.checkpoint
+    if args.ctc_weights is None:  # 0 and the committed weight; a CTC-only family has no weight to vary
+        from src.checkpoint import load_checkpoint, model_from_checkpoint
+        from src.models.interface import is_step_decoder
+
+        attention = is_step_decoder(model_from_checkpoint(load_checkpoint(ckpt), "cpu"))
+        args.ctc_weights = f"0,{decoder.ctc_weight:g}" if attention else "0"
     lm_weights = [float(w) for w in args.lm_weights.split(",")]
-    lm_path = out / "lm-char6.npz"
+    lm_path = out / ("lm-english6.npz" if args.lm == "english" else "lm-char6.npz")
     if any(w > 0 for w in lm_weights) and not lm_path.exists():
-        run([sys.executable, "-m", "src.lm", "build", "--root", str(corpus), "--order", "6", "--out", str(lm_path),
+        text = (["--english", "fortunes,kjv,gcide", "--exclude-root", str(corpus)] if args.lm == "english"
+                else ["--root", str(corpus)])
+        run([sys.executable, "-m", "src.lm", "build", *text, "--order", "6", "--out", str(lm_path),
              "--dev-root", str(corpus)])
     beam_options = {} if args.length_penalty is None else {"length_penalty": args.length_penalty}
     rows = []
@@ -194,6 +207,8 @@ def main() -> int:
         for weight in (float(w) for w in args.ctc_weights.split(",")):
             for lm_weight in lm_weights:
                 lm = {"lm": str(lm_path), "lm_weight": lm_weight} if lm_weight > 0 else {}
+                if lm and args.length_bonus is not None:
+                    lm["length_bonus"] = args.length_bonus
                 rows.append(score_split(ckpt, corpus, split, "beam", args.beam, decoder, ctc_weight=weight, **lm,
                                         **beam_options))
     if any((corpus / "dev-clean-long" / "mfcc").glob("*.npy")):  # the long rows: greedy, and the committed beam
