@@ -1,6 +1,6 @@
 """Accuracy benchmark: train the default config for a fixed wall-clock budget
 on a synthetic multi-voice corpus, then score dev and test (unseen voices and
-text) and dev's long utterances.
+text), dev's long utterances and dev heard through other channels.
 
     python bench/bench_accuracy.py                      # the paragraph corpus, 20 minutes
     python bench/bench_accuracy.py --minutes 5 --train 600    # a quick look
@@ -18,11 +18,13 @@ Corpora (``--corpus``; each generated once, cached under ``--out`` and reproduci
   ``run-<M>min``, as they were.
 
 Steps (each skipped when its output exists, so an interrupted run continues):
-1. the corpus (above), and ``python -m src.corpus.long CORPUS`` (dev-clean's utterances
-   of each speaker joined into 25-35 s ones: the long rows);
+1. the corpus (above), ``python -m src.corpus.long CORPUS`` (dev-clean's utterances
+   of each speaker joined into 25-35 s ones: the long rows), and ``python -m src.corpus.synth
+   CORPUS ... --channel dev-clean`` (dev-clean spoken again, each utterance through a room, a
+   telephone line or noise: the channel rows);
 2. ``python train.py data.root=CORPUS training.max_minutes=M ...``
    with every other setting from config.yaml (and the preset it picks);
-3. greedy and beam decoding of dev-clean, test-clean and dev-clean-long with the best
+3. greedy and beam decoding of dev-clean, test-clean, dev-clean-channel and dev-clean-long with the best
    checkpoint (or ``--checkpoint``), scored by mean Levenshtein distance (the competition metric) and CER.
 
 The result table is printed and saved as ``<run folder>/accuracy.json``, with
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -175,11 +178,15 @@ def main() -> int:
     decoder = default_decoder(family)
     default_name = f"{prefix}-{args.minutes:g}min" + ("" if family == "las" else f"-{family}")
     run_dir = out / (args.name or default_name)
+    counts = f"train-clean-100={args.train},dev-clean={args.eval},test-clean={args.eval}"
     if not (corpus / "test_reference.csv").exists():
-        counts = f"train-clean-100={args.train},dev-clean={args.eval},test-clean={args.eval}"
         run([sys.executable, "-m", "src.corpus.synth", str(corpus), *synth_args, "--counts", counts, "--workers", "2"])
     if not (corpus / "dev-clean-long" / "mfcc").is_dir():
         run([sys.executable, "-m", "src.corpus.long", str(corpus)])
+    if not (corpus / "dev-clean-channel.tsv").exists():  # written last: without it, a copy cut short
+        shutil.rmtree(corpus / "dev-clean-channel", ignore_errors=True)
+        run([sys.executable, "-m", "src.corpus.synth", str(corpus), *synth_args, "--counts", counts,
+             "--channel", "dev-clean", "--workers", "2"])
     if not (run_dir / "best.pt").exists() or (run_dir / "last.pt").exists() and not (run_dir / "done").exists():
         run(
             [sys.executable, "train.py", f"data.root={corpus}", f"logging.run_dir={run_dir}",
@@ -211,6 +218,10 @@ def main() -> int:
                     lm["length_bonus"] = args.length_bonus
                 rows.append(score_split(ckpt, corpus, split, "beam", args.beam, decoder, ctc_weight=weight, **lm,
                                         **beam_options))
+    # dev's utterances through rooms, telephone lines and noise: greedy, and the committed beam
+    rows.append(score_split(ckpt, corpus, "dev-clean-channel", "greedy", 1, decoder))
+    rows.append(score_split(ckpt, corpus, "dev-clean-channel", "beam", args.beam, decoder,
+                            ctc_weight=decoder.ctc_weight, **beam_options))
     if any((corpus / "dev-clean-long" / "mfcc").glob("*.npy")):  # the long rows: greedy, and the committed beam
         for seconds in [decoder.segment_seconds] + [float(x) for x in args.segments.split(",") if x]:
             rows.append(score_split(ckpt, corpus, "dev-clean-long", "greedy", 1, decoder, segment_seconds=seconds))

@@ -127,6 +127,36 @@ def test_sentence_filter_keeps_plain_sentences_only():
         assert synth._speakable(bad) is None, bad
 
 
+@needs_espeak
+@needs_fortunes
+def test_channel_copy_says_what_its_split_says_through_the_drawn_channels(tmp_path):
+    import zlib
+
+    from src.corpus.channels import KINDS, through_channel
+
+    counts = {"train-clean-100": 2, "dev-clean": 3}
+    synth.synthesize_corpus(tmp_path, counts, seed=5, workers=1, progress=False)
+    totals = synth.synthesize_corpus(tmp_path, counts, seed=5, workers=1, progress=False, channel="dev-clean")
+    assert list(totals) == ["dev-clean-channel"] and totals["dev-clean-channel"][0] == 3
+    clean, copy = tmp_path / "dev-clean", tmp_path / "dev-clean-channel"
+    assert files(clean / "transcripts") == files(copy / "transcripts")
+    with open(tmp_path / "dev-clean-channel.tsv") as f:
+        drawn = {row["name"]: row["channel"] for row in csv.DictReader(f, delimiter="\t")}
+    jobs = [j for j in synth.plan_corpus(counts, seed=5) if j.split == "dev-clean"]
+    assert sorted(drawn) == sorted(j.name for j in jobs)
+    for job in jobs:  # the features are log-mel of the spoken wave through the channel the tsv names
+        wave, sr = synth.speak(job)
+        wave, sr, what = through_channel(wave, sr, np.random.default_rng([5, zlib.crc32(job.name.encode()), 1]))
+        assert what == drawn[job.name] and what.split(":")[0] in KINDS
+        stored = np.load(copy / "mfcc" / f"{job.name}.npy")
+        np.testing.assert_allclose(stored, log_mel(wave, sr), atol=1e-5)
+        assert not np.allclose(stored, np.load(clean / "mfcc" / f"{job.name}.npy"))
+    with pytest.raises(UserError, match="already has files"):
+        synth.synthesize_corpus(tmp_path, counts, seed=5, workers=1, progress=False, channel="dev-clean")
+    with pytest.raises(UserError, match="not the utterances this plan makes"):
+        synth.synthesize_corpus(tmp_path, counts, seed=6, workers=1, progress=False, channel="dev-clean")
+
+
 def test_noise_has_the_requested_snr():
     rng = np.random.default_rng(0)
     wave = np.sin(np.linspace(0, 2000, 200_000)).astype(np.float32)

@@ -2,7 +2,7 @@
 
     python -m src.corpus.synth OUT [--hours H | --counts train-clean-100=300,dev-clean=50,test-clean=50]
                              [--seed S] [--workers N] [--noise SNR_DB] [--dtype float16|float32]
-                             [--preset sample | heldout | paragraphs]
+                             [--preset sample | heldout | paragraphs] [--channel dev-clean]
 
 The bundled sample ``data/sample`` is exactly::
 
@@ -32,6 +32,12 @@ Output (the layout of ``data/11-785-f23-hw4p2``)::
                                      so a submission made on the sample can be scored
 
 NAME is LibriSpeech-like ``SPEAKER-CHAPTER-UTT`` (``103-1240-0000``).
+
+``--channel dev-clean``, with the options that made OUT, writes only ``OUT/dev-clean-channel``: the
+same utterances spoken again, each through a room, a telephone line or noise drawn by
+:mod:`src.corpus.channels` (which ones: ``OUT/dev-clean-channel.tsv``)::
+
+    python -m src.corpus.synth bench/out/corpus-paragraphs --preset paragraphs --channel dev-clean --workers 2
 
 Speakers: an espeak-ng voice (English accents, and other languages' voices reading
 English) with a variant (``+m3``, ``+f2``, ``+klatt`` ...), a speed (``-s`` 130..200)
@@ -69,6 +75,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.features import N_MELS, log_mel, save_npy_atomic
+from src.corpus.channels import add_noise, through_channel
 from src.corpus.pool import run_jobs
 from src.corpus.text import FORTUNES_DIR, SENTENCE_END, normalize_text
 from src.atomic import write_text_atomic
@@ -545,13 +552,6 @@ def _speak_festival(text: str, spk: Speaker, stretch: float) -> tuple[np.ndarray
     return wave, sr
 
 
-def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """White Gaussian noise at ``snr_db`` relative to the wave's mean power: (N,) -> (N,)."""
-    power = float(np.mean(wave.astype(np.float64) ** 2))
-    noise = rng.standard_normal(wave.shape) * math.sqrt(power / 10.0 ** (snr_db / 10.0))
-    return (wave + noise).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class Settings:
     out: str
@@ -559,25 +559,29 @@ class Settings:
     dtype: str
     noise_snr: float | None
     n_mels: int
+    channel: bool = False  # each utterance through a channel of src.corpus.channels
 
 
-def synthesize_one(job: Job, settings: Settings) -> tuple[str, float]:
-    """Synthesise, featurise and write one utterance: (split, seconds of audio)."""
+def synthesize_one(job: Job, settings: Settings) -> tuple[str, float, str, str]:
+    """Synthesise, featurise and write one utterance: (split, seconds of audio, name, its channel or '')."""
     wave, sr = speak(job)
     if settings.noise_snr is not None:
         rng = np.random.default_rng([settings.seed, zlib.crc32(job.name.encode())])
         wave = add_noise(wave, settings.noise_snr, rng)
+    channel = ""
+    if settings.channel:
+        rng = np.random.default_rng([settings.seed, zlib.crc32(job.name.encode()), 1])
+        wave, sr, channel = through_channel(wave, sr, rng)
     feats = log_mel(wave, sr, settings.n_mels).astype(settings.dtype)  # (T, D)
     split_dir = Path(settings.out) / job.split
     if job.split not in NO_TRANSCRIPTS:
         tokens = np.array(["<sos>", *job.text, "<eos>"])  # (U,) single characters
         save_npy_atomic(split_dir / "transcripts" / f"{job.name}.npy", tokens)
     save_npy_atomic(split_dir / "mfcc" / f"{job.name}.npy", feats)  # last: its presence means done
-    return job.split, wave.size / sr
+    return job.split, wave.size / sr, job.name, channel
 
 
-
-def _run_job(args: tuple[Job, Settings]) -> tuple[str, float]:
+def _run_job(args: tuple[Job, Settings]) -> tuple[str, float, str, str]:
     return synthesize_one(*args)
 
 
@@ -609,29 +613,59 @@ def write_metadata(out: Path, jobs: list[Job]) -> None:
 
 def synthesize_corpus(out: str | Path, counts: dict[str, int], *, seed: int = DEFAULT_SEED, workers: int = 1,
                       noise_snr: float | None = None, dtype: str = "float32", n_mels: int = N_MELS,
-                      progress: bool = True, **plan_options) -> dict[str, tuple[int, float]]:
-    """Write the corpus; returns {split: (utterances, hours)}. Refuses to write into existing splits."""
+                      progress: bool = True, channel: str | None = None,
+                      **plan_options) -> dict[str, tuple[int, float]]:
+    """Write the corpus; returns {split: (utterances, hours)}. Refuses to write into existing splits.
+
+    ``channel``: write only that split's utterances again, each through a channel of
+    :mod:`src.corpus.channels`, as ``<channel>-channel`` (the channels drawn: ``<channel>-channel.tsv``).
+    """
     out = Path(out)
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype: expected float16 or float32, got '{dtype}'")
-    for split in counts:
+    jobs = plan_corpus(counts, seed, **plan_options)
+    if channel is not None:
+        jobs = [dataclasses.replace(j, split=f"{channel}-channel") for j in jobs if j.split == channel]
+        if not jobs:
+            raise UserError(f"--channel {channel}: no such split in the corpus planned; use one of {', '.join(counts)}")
+        _check_same_plan(out / channel, jobs)
+    for split in {j.split for j in jobs}:
         mfcc = out / split / "mfcc"
         if mfcc.is_dir() and any(mfcc.iterdir()):
-            raise UserError(f"{mfcc}: already has files; remove {out} first or choose another OUT")
-    jobs = plan_corpus(counts, seed, **plan_options)
+            remove = out if channel is None else out / split
+            raise UserError(f"{mfcc}: already has files; remove {remove} first or choose another OUT")
     for split in {j.split for j in jobs}:
         (out / split / "mfcc").mkdir(parents=True, exist_ok=True)
         if split not in NO_TRANSCRIPTS:
             (out / split / "transcripts").mkdir(parents=True, exist_ok=True)
-    settings = Settings(out=str(out), seed=seed, dtype=dtype, noise_snr=noise_snr, n_mels=n_mels)
+    settings = Settings(out=str(out), seed=seed, dtype=dtype, noise_snr=noise_snr, n_mels=n_mels,
+                        channel=channel is not None)
     tasks = [(job, settings) for job in jobs]
-    totals = {s: [0, 0.0] for s in SPLITS if counts.get(s, 0) > 0}
+    totals = {s: [0, 0.0] for s in dict.fromkeys(j.split for j in jobs)}  # in SPLITS order
+    channels = {}
     with run_jobs(_run_job, tasks, workers=workers, chunksize=4, desc="synth", progress=progress) as results:
-        for split, seconds in results:
+        for split, seconds, name, drawn in results:
             totals[split][0] += 1
             totals[split][1] += seconds / 3600.0
-    write_metadata(out, jobs)
+            channels[name] = drawn
+    if channel is None:
+        write_metadata(out, jobs)
+    else:
+        write_text_atomic(out / f"{channel}-channel.tsv",
+                          "name\tchannel\n" + "".join(f"{n}\t{channels[n]}\n" for n in sorted(channels)))
     return {s: (n, h) for s, (n, h) in totals.items()}
+
+
+def _check_same_plan(split_dir: Path, jobs: list[Job]) -> None:
+    """The channel copy must say what the clean split says, when it is there: the same names and transcripts."""
+    transcripts = split_dir / "transcripts"
+    if not transcripts.is_dir():
+        return
+    mismatch = sorted(p.stem for p in transcripts.glob("*.npy")) != sorted(j.name for j in jobs) or any(
+        "".join(np.load(transcripts / f"{j.name}.npy")[1:-1]) != j.text for j in jobs)
+    if mismatch:
+        raise UserError(f"{transcripts}: not the utterances this plan makes; give --channel the --preset, "
+                        f"--counts and --seed that made {split_dir.parent}")
 
 
 def _parse_counts(text: str) -> dict[str, int]:
@@ -668,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=None, metavar="SNR_DB", help="add white noise at this SNR (dB)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default=None, help="feature dtype (default float32)")
     parser.add_argument("--n-mels", type=int, default=N_MELS, help=f"feature dimension D (default {N_MELS})")
+    parser.add_argument("--channel", choices=EVAL_SPLITS, default=None,
+                        help="write only SPLIT-channel: the same corpus' SPLIT utterances again, each through a "
+                             "room, a telephone line or noise (src/corpus/channels.py); give the options that "
+                             "made OUT")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset] if args.preset else {}
@@ -685,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = args.dtype or preset.get("dtype", "float32")
     plan_options = {k: preset[k] for k in ("shared_voices", "english_only", "max_words", "paragraphs") if k in preset}
     totals = synthesize_corpus(args.out, counts, seed=seed, workers=args.workers, noise_snr=args.noise,
-                               dtype=dtype, n_mels=args.n_mels, **plan_options)
+                               dtype=dtype, n_mels=args.n_mels, channel=args.channel, **plan_options)
     parts = [f"{s} {n} utt {h:.2f} h" for s, (n, h) in totals.items()]
     n_all = sum(n for n, _ in totals.values())
     h_all = sum(h for _, h in totals.values())
