@@ -41,7 +41,11 @@ PARTITIONS: dict[str, list[str]] = {
     "train-clean-460": ["train-clean-100", "train-clean-360"],
     "dev-clean": ["dev-clean"],
     "test-clean": ["test-clean"],
-    "dev-clean-long": ["dev-clean-long"],  # not the competition's: 25-35 s utterances, python -m src.corpus.long
+    # not the competition's: 25-35 s utterances (python -m src.corpus.long), and dev or test heard through
+    # rooms, telephone lines and noise (python -m src.corpus.synth ... --channel dev-clean)
+    "dev-clean-long": ["dev-clean-long"],
+    "dev-clean-channel": ["dev-clean-channel"],
+    "test-clean-channel": ["test-clean-channel"],
 }
 # the folders that exist on disk, in a fixed order
 SPLIT_FOLDERS: list[str] = ["train-clean-100", "train-clean-360", "dev-clean", "test-clean"]
