@@ -232,9 +232,9 @@ def main() -> int:
           f"{args.minutes:g} min of training on "
           f"{__import__('os').cpu_count()} CPU cores, family {family}, checkpoint {shown(ckpt)}")
     print(f"before training: {describe(load_before)}\nafter scoring:   {describe(load_after)}")
-    print(f"{'split':<16}{'decoder':<28}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}{'s/utt':>7}")
+    print(f"{'split':<19}{'decoder':<28}{'utts':>6}{'mean Lev':>10}{'CER %':>8}{'decode s':>10}{'s/utt':>7}")
     for r in rows:
-        print(f"{r['split']:<16}{r['decoder']:<28}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
+        print(f"{r['split']:<19}{r['decoder']:<28}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}{r['decode_seconds'] / max(1, r['utterances']):>7.2f}")
     result = args.results or ("accuracy.json" if args.checkpoint == "best.pt"
                               else f"accuracy-{Path(args.checkpoint).stem}.json")
