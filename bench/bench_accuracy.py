@@ -96,6 +96,7 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     from src.data.dataset import SpeechDataset
     from src.decoding import decode_dataset
     from src.metrics import cer, mean_levenshtein
+    from src.models.interface import is_step_decoder
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, "cpu")
@@ -113,7 +114,8 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
         "split": split,
         "decoder": (method if method == "greedy" else f"beam {beam_size}")
                    + "".join(f" {LABELS.get(k, k)} {v:g}" for k, v in decoding.items()
-                             if isinstance(v, float) and (v or k == "length_penalty")),
+                             if isinstance(v, float) and (v or k == "length_penalty")
+                             and (k != "ctc_weight" or is_step_decoder(model))),  # CTC-only: no weight
         "utterances": len(hyps),
         "mean_levenshtein": round(mean_levenshtein(hyps, refs), 2),
         "cer_percent": round(100 * cer(hyps, refs), 2),
