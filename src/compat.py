@@ -22,7 +22,9 @@ RENAMED = {f"model.{name}": f"model.las.{name}" for name in _FLAT_LAS_KEYS} | {
 }
 
 # Settings added after checkpoints of a family were first written -> the value such a checkpoint implies.
-OLDER_DEFAULTS = {"las": {"input_feeding": True}}  # before the setting, the speller fed the context back
+# Before input_feeding was a setting, the speller fed the context back; before the window settings,
+# the attention saw the whole utterance.
+OLDER_DEFAULTS = {"las": {"input_feeding": True, "window_behind": 0, "window_ahead": 0}}
 
 
 def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:

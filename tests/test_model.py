@@ -332,6 +332,18 @@ def test_checkpoint_from_before_input_feeding_was_a_setting_loads_with_it(tmp_pa
     assert rebuilt.cfg.input_feeding and rebuilt.speller.cell1.input_size == 8 + 8  # embedding + context
 
 
+def test_checkpoint_from_before_windowed_attention_attends_to_every_frame(tmp_path):
+    import dataclasses
+
+    model = tiny_las(window_behind=0, window_ahead=0).eval()
+    sizes = dataclasses.asdict(model.cfg)
+    del sizes["window_behind"], sizes["window_ahead"]  # what checkpoints written before the settings hold
+    save_checkpoint(tmp_path / "old.pt", {"model": model.state_dict(), "family": "las", "model_config": sizes,
+                                          "n_mels": 5, "vocab": list(VOCAB)})
+    rebuilt = model_from_checkpoint(load_checkpoint(tmp_path / "old.pt"), "cpu")
+    assert rebuilt.speller.attention.window is None and LASConfig().window_ahead > 0
+
+
 def test_checkpoint_errors_are_one_line(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")

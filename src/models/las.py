@@ -7,13 +7,20 @@
                speller state, scaled dot-product scores masked from lengths;
                optionally location-aware (Chorowski et al., 2015): a convolution
                over the previous step's weights adds a score per frame, so the
-               speller can learn to move on from where it last looked.
+               speller can learn to move on from where it last looked; optionally
+               windowed (Bahdanau et al., 2016): each step sees only the frames from
+               ``window_behind`` before to ``window_ahead`` after where the last step
+               looked (training: where the CTC head puts the character before), so
+               content only has to tell the next character from its neighbours.
     Speller    embedding + two LSTM layers + a character distribution network
                whose output matrix is the embedding (weight tying). ONE step
                function serves greedy and beam search, and teacher-forced
                training with input feeding or location-aware attention; without
                either, training computes every step at once with the same layers
                (tested equal).
+    Guidance   the CTC head's posterior of each character over the frames
+               (src/models/alignment.py) is the target of guided attention
+               (training.guided_attention_target=ctc) and the window centres of training.
     CTC head   log-softmax over the vocabulary on the output of pBLSTM layer
                ``ctc_layer`` (default 1 of 2 after a stride-2 front end: T/4,
                because at T/8 the listener has fewer frames than a LibriSpeech
@@ -40,11 +47,13 @@ from torch import nn
 
 from src.errors import UserError
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
-from src.models.losses import attention_cross_entropy, ctc_loss, guided_attention_loss
+from src.models.alignment import ctc_occupancy, pool_frames
+from src.models.losses import attention_cross_entropy, attention_target_loss, ctc_loss, ctc_targets, guided_attention_loss
 from src.models.layers import rnn_within_lengths, zero_beyond_lengths
 from src.models.registry import Family, register_family
 
-State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context, attn), all batch-first; attn (B, T') of the last step
+State = tuple[torch.Tensor, ...]  # (h1, c1, h2, c2, context, attn, center), batch-first: attn (B, T') the last
+# step's weights, center (B,) its window's centre (windowed attention's centres never move back)
 
 
 @dataclass
@@ -55,7 +64,8 @@ class LASConfig:
     RANGES = {"conv_channels": "[1, 8192]", "conv_stride": "[1, 64]", "listener_hidden": "[1, 8192]",
               "listener_layers": "[1, 16]", "locked_dropout": "[0, 1)", "attention_dim": "[1, 8192]",
               "embedding_dim": "[1, 8192]", "speller_hidden": "[1, 8192]", "speller_dropout": "[0, 1)",
-              "ctc_layer": "[1, 16]", "location_kernel": "[0, 255]", "location_channels": "[1, 1024]"}  # what each setting accepts (src/config.py: check_ranges)
+              "ctc_layer": "[1, 16]", "location_kernel": "[0, 255]", "location_channels": "[1, 1024]",
+              "window_behind": "[0, 100000]", "window_ahead": "[0, 100000]"}  # what each setting accepts (src/config.py: check_ranges)
 
     conv_channels: int = 128  # Conv1d front end output channels
     conv_stride: int = 2  # Conv1d front end stride; T' = ceil(T / stride / 2**listener_layers)
@@ -68,6 +78,8 @@ class LASConfig:
     input_feeding: bool = False  # true: the first speller LSTM also reads the previous context (slower)
     location_kernel: int = 0  # location-aware attention: conv kernel over the last step's weights (odd; 0 = off)
     location_channels: int = 8  # location-aware attention: filters of that convolution
+    window_behind: int = 1  # windowed attention: listener frames before where the last step looked (0 and 0 = off)
+    window_ahead: int = 12  # windowed attention: listener frames after it (training: after the CTC head's position)
     speller_dropout: float = 0.1  # dropout inside the speller
     tie_weights: bool = True  # the character distribution shares the embedding matrix
     ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
@@ -201,8 +213,9 @@ class Attention(nn.Module):
     """
 
     def __init__(self, listener_dim: int, query_dim: int, attention_dim: int,
-                 location_kernel: int = 0, location_channels: int = 8):
+                 location_kernel: int = 0, location_channels: int = 8, window: tuple[int, int] = (0, 0)):
         super().__init__()
+        self.window = window if any(window) else None  # (behind, ahead) listener frames, or the whole utterance
         self.key = nn.Linear(listener_dim, attention_dim)
         self.value = nn.Linear(listener_dim, attention_dim)
         self.query = nn.Linear(query_dim, attention_dim)
@@ -218,11 +231,13 @@ class Attention(nn.Module):
 
     def forward(
         self, state: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lens: torch.Tensor,
-        previous: torch.Tensor | None = None,
+        previous: torch.Tensor | None = None, centers: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """state (B, Hs) or (B, U, Hs), keys/values (B, T', A), lens (B,) -> context (B, A) or (B, U, A),
-        weights (B, T') or (B, U, T') summing to 1 over T' and exactly 0 at t >= lens.
-        ``previous`` (B, T'): the last step's weights, read by location-aware attention (one step only)."""
+        weights (B, T') or (B, U, T') summing to 1 over T' and exactly 0 at t >= lens (and, windowed,
+        outside the window). ``previous`` (B, T'): the last step's weights, read by location-aware
+        attention and, one step at a time, by windowed attention for its centre; ``centers`` (B,) or
+        (B, U): the windows' centres instead (teacher-forced training)."""
         one_step = state.dim() == 2
         scores = self.content_scores(state.unsqueeze(1) if one_step else state, keys)  # (B, U, T'); one step: U = 1
         if self.location is not None:
@@ -230,6 +245,12 @@ class Attention(nn.Module):
                 raise ValueError("location-aware attention runs one step at a time, given the previous weights")
             scores = scores + self.location_scores(previous).unsqueeze(1)  # (B, T') -> (B, 1, T'), U = 1
         mask = lengths_to_mask(lens, keys.size(1)).unsqueeze(1)  # (B, T') -> (B, 1, T'), broadcast over U
+        if self.window is not None:
+            if centers is None:
+                if not one_step or previous is None:
+                    raise ValueError("windowed attention needs the windows' centres, or the previous weights")
+                centers = self.expected_frame(previous)  # (B, T') -> (B,)
+            mask = mask & self.window_mask(centers.view(centers.size(0), -1), keys.size(1))  # (B, U, T')
         weights = self.normalise(scores, mask)
         context = torch.bmm(weights.to(values.dtype), values)  # (B, U, T') x (B, T', A) -> (B, U, A)
         if one_step:
@@ -245,6 +266,21 @@ class Attention(nn.Module):
         """The last step's weights (B, T') -> each frame's location score (B, T')."""
         conv = self.location(previous.unsqueeze(1).to(self.location.weight.dtype))  # (B, T') -> (B, 1, T') -> (B, C, T')
         return self.location_score(torch.tanh(conv.transpose(1, 2))).squeeze(2)  # (B, T', C) -> (B, T', 1) -> (B, T')
+
+    @staticmethod
+    def expected_frame(weights: torch.Tensor) -> torch.Tensor:
+        """Where attention weights (B, T') look on average: (B,) float frame positions."""
+        frames = torch.arange(weights.size(-1), device=weights.device, dtype=torch.float32)
+        return (weights.float() * frames).sum(dim=-1)  # (B, T') -> (B,)
+
+    def window_mask(self, centers: torch.Tensor, frames: int) -> torch.Tensor:
+        """centers (B, U) float frame positions -> (B, U, T') bool, True from ``behind`` frames before
+        each centre to ``ahead`` frames after it (Bahdanau et al., 2016). A centre on a real frame keeps
+        at least that frame, so a window is never empty."""
+        behind, ahead = self.window
+        t = torch.arange(frames, device=centers.device, dtype=torch.float32)  # (T',)
+        offset = t.view(1, 1, -1) - centers.float().unsqueeze(2)  # (1, 1, T') - (B, U, 1) -> (B, U, T')
+        return (offset >= -behind - 0.5) & (offset <= ahead + 0.5)
 
     @staticmethod
     def normalise(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -277,6 +313,7 @@ class Speller(nn.Module):
         input_feeding: bool = False,
         location_kernel: int = 0,
         location_channels: int = 8,
+        window: tuple[int, int] = (0, 0),
     ):
         super().__init__()
         self.hidden = hidden
@@ -289,7 +326,7 @@ class Speller(nn.Module):
         else:  # the same two layers as LSTMs over a sequence (of one position when decoding)
             self.rnn1 = nn.LSTM(embedding_dim, hidden, batch_first=True)
             self.rnn2 = nn.LSTM(hidden, hidden, batch_first=True)
-        self.attention = Attention(listener_dim, hidden, attention_dim, location_kernel, location_channels)
+        self.attention = Attention(listener_dim, hidden, attention_dim, location_kernel, location_channels, window)
         self.dropout = nn.Dropout(dropout)
         # char distribution: [h2; context] -> embedding space -> vocabulary
         self.char_proj = nn.Linear(hidden + attention_dim, embedding_dim)
@@ -302,51 +339,66 @@ class Speller(nn.Module):
 
     def init_state(self, batch: int, like: torch.Tensor) -> State:
         """Zero recurrent states and context, (B, Hs) x 4 and (B, A), and the weights of a step
-        "before" the first, all on frame 0 (B, T'), T' = like.size(1): speech starts at the start."""
+        "before" the first, all on frame 0 (B, T'), T' = like.size(1), as is its window's centre (B,):
+        speech starts at the start."""
         h = like.new_zeros(batch, self.hidden)
         attn = like.new_zeros(batch, like.size(1))
         attn[:, 0] = 1.0
-        return (h, h.clone(), h.clone(), h.clone(), like.new_zeros(batch, self.attention_dim), attn)
+        center = like.new_zeros(batch, dtype=torch.float32)
+        return (h, h.clone(), h.clone(), h.clone(), like.new_zeros(batch, self.attention_dim), attn, center)
 
     def recurrence(self, embedded: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Without input feeding: embedded (B, U, E) -> top-layer outputs (B, U, Hs), state after
         the last position. The LSTM layers of teacher-forced training (U = target) and of a step (U = 1)."""
-        h1, c1, h2, c2, context, attn = state
+        h1, c1, h2, c2, *rest = state
         out1, (h1, c1) = self.rnn1(embedded, (h1.unsqueeze(0), c1.unsqueeze(0)))  # state (B, Hs) -> (1, B, Hs)
         out2, (h2, c2) = self.rnn2(self.dropout(out1), (h2.unsqueeze(0), c2.unsqueeze(0)))  # (B, U, Hs)
-        return out2, (h1.squeeze(0), c1.squeeze(0), h2.squeeze(0), c2.squeeze(0), context, attn)  # (1, B, Hs) -> (B, Hs)
+        return out2, (h1.squeeze(0), c1.squeeze(0), h2.squeeze(0), c2.squeeze(0), *rest)  # (1, B, Hs) -> (B, Hs)
 
     def step_features(
-        self, tokens: torch.Tensor, state: State, keys, values, lens
+        self, tokens: torch.Tensor, state: State, keys, values, lens, center: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """THE recurrence: tokens (B,) -> output features (B, Hs + A), new state, attn (B, T')."""
+        """THE recurrence: tokens (B,) -> output features (B, Hs + A), new state, attn (B, T').
+        ``center`` (B,): the attention window's centre; by default where the last step looked, or the
+        last centre when that is further on: decoding moves the window forward only, as the CTC
+        positions that centre it in training do."""
         embedded = self.embedding(tokens)  # (B,) -> (B, E)
         if self.input_feeding:
-            h1, c1, h2, c2, context, _ = state
+            h1, c1, h2, c2, context = state[:5]
             x = torch.cat([embedded, context], dim=1)  # (B, E) + (B, A) -> (B, E + A)
             h1, c1 = self.cell1(x, (h1, c1))
             h2, c2 = self.cell2(self.dropout(h1), (h2, c2))
         else:
-            out, (h1, c1, h2, c2, _, _) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
+            out, (h1, c1, h2, c2, *_) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
             h2 = out.squeeze(1)  # (B, 1, Hs) -> (B, Hs)
-        context, attn = self.attention(h2, keys, values, lens, previous=state[5])
+        if center is None and self.attention.window is not None:
+            center = torch.maximum(state[6], self.attention.expected_frame(state[5]))  # (B,)
+        context, attn = self.attention(h2, keys, values, lens, previous=state[5], centers=center)
         out = torch.cat([h2, context], dim=1)  # (B, Hs) + (B, A) -> (B, Hs + A)
-        return out, (h1, c1, h2, c2, context, attn), attn
+        return out, (h1, c1, h2, c2, context, attn, state[6] if center is None else center.float()), attn
 
-    def all_features(self, tokens_in: torch.Tensor, keys, values, lens) -> tuple[torch.Tensor, torch.Tensor]:
+    def all_features(self, tokens_in: torch.Tensor, keys, values, lens, centers: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Without input feeding, every position at once: tokens_in (B, U) -> output features
-        (B, U, Hs + A) and attn (B, U, T'), equal to U calls of ``step_features``. Padding at the
-        end of a target cannot reach the real positions before it (the LSTMs run forward)."""
+        (B, U, Hs + A) and attn (B, U, T'), equal to U calls of ``step_features`` (each given its
+        window's centre from ``centers`` (B, U) when windowed). Padding at the end of a target
+        cannot reach the real positions before it (the LSTMs run forward)."""
         state = self.init_state(tokens_in.size(0), keys)
         out, _ = self.recurrence(self.embedding(tokens_in), state)  # (B, U) -> (B, U, E) -> (B, U, Hs)
         if self.attention.location is None:
-            context, attn = self.attention(out, keys, values, lens)  # (B, U, A), (B, U, T')
+            context, attn = self.attention(out, keys, values, lens, centers=centers)  # (B, U, A), (B, U, T')
         else:  # each step's weights feed the next: only the location scores run one position at a time
             content = self.attention.content_scores(out, keys)  # (B, U, T')
             mask = lengths_to_mask(lens, keys.size(1))  # (B, T')
-            previous, attns = state[5], []
+            previous, center, attns = state[5], state[6], []
             for u in range(out.size(1)):
-                previous = self.attention.normalise(content[:, u] + self.attention.location_scores(previous), mask)
+                step_mask = mask
+                if self.attention.window is not None:  # as step_features centres it, unless given
+                    center = centers[:, u] if centers is not None else torch.maximum(
+                        center, self.attention.expected_frame(previous))  # (B,)
+                    step_mask = mask & self.attention.window_mask(center.unsqueeze(1), keys.size(1)).squeeze(1)  # (B, T')
+                previous = self.attention.normalise(content[:, u] + self.attention.location_scores(previous),
+                                                    step_mask)
                 attns.append(previous)  # (B, T')
             attn = torch.stack(attns, dim=1)  # U x (B, T') -> (B, U, T')
             context = torch.bmm(attn.to(values.dtype), values)  # (B, U, T') x (B, T', A) -> (B, U, A)
@@ -375,6 +427,7 @@ class LAS(nn.Module):
         self.speller = Speller(
             vocab_size, cfg.embedding_dim, cfg.speller_hidden, cfg.attention_dim, self.listener.output_dim,
             cfg.speller_dropout, cfg.tie_weights, cfg.input_feeding, cfg.location_kernel, cfg.location_channels,
+            (cfg.window_behind, cfg.window_ahead),
         )
         self.ctc = nn.Linear(2 * cfg.listener_hidden, vocab_size) if cfg.ctc_head else None
 
@@ -407,17 +460,18 @@ class LAS(nn.Module):
         """index_select every state tensor on dim 0 (beam search bookkeeping)."""
         return tuple(t.index_select(0, index) for t in state)
 
-    def teacher_forced(self, encoded: EncoderOutput, tokens_in: torch.Tensor, teacher_forcing_rate: float = 1.0
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_forced(self, encoded: EncoderOutput, tokens_in: torch.Tensor, teacher_forcing_rate: float = 1.0,
+                       centers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The speller over a whole target.
 
         tokens_in (B, U) = [SOS, c1, ..., cn] (padded). At each step u > 0 each
         utterance feeds the ground truth tokens_in[:, u] with probability
         ``teacher_forcing_rate``, else its own previous argmax prediction.
+        ``centers`` (B, U): windowed attention's centre for each step (``window_centers``).
         Returns logits (B, U, V) and attn (B, U, T').
         """
         if not self.cfg.input_feeding:
-            return self._teacher_forced_at_once(encoded, tokens_in, teacher_forcing_rate)
+            return self._teacher_forced_at_once(encoded, tokens_in, teacher_forcing_rate, centers)
         keys, values = encoded.memory
         state = self.init_state(encoded)
         steps = tokens_in.size(1)
@@ -430,7 +484,8 @@ class LAS(nn.Module):
                 if sample:
                     use_truth = torch.rand(tokens.shape, device=tokens.device) < teacher_forcing_rate
                     tokens = torch.where(use_truth, tokens, logits[-1].detach().argmax(dim=-1))
-            out, state, attn = self.speller.step_features(tokens, state, keys, values, encoded.lens)
+            center = None if centers is None else centers[:, u]
+            out, state, attn = self.speller.step_features(tokens, state, keys, values, encoded.lens, center)
             attns.append(attn)
             if sample:  # the next input may be this prediction
                 logits.append(self.speller.char_logits(out))
@@ -442,8 +497,8 @@ class LAS(nn.Module):
             all_logits = self.speller.char_logits(torch.stack(embedded_outs, dim=1))
         return all_logits, torch.stack(attns, dim=1)  # attn: U x (B, T') -> (B, U, T')
 
-    def _teacher_forced_at_once(self, encoded: EncoderOutput, tokens_in: torch.Tensor, rate: float
-                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _teacher_forced_at_once(self, encoded: EncoderOutput, tokens_in: torch.Tensor, rate: float,
+                                centers: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``teacher_forced`` without input feeding: every position in parallel. Below rate 1 the
         predictions come from a first, gradient-free pass over the true prefix (parallel scheduled
         sampling, Duckworth et al., 2019): each input after SOS is, with probability 1 - rate, what
@@ -451,20 +506,67 @@ class LAS(nn.Module):
         keys, values = encoded.memory
         if rate < 1.0 and self.training:
             with torch.no_grad():
-                first, _ = self.speller.all_features(tokens_in, keys, values, encoded.lens)
+                first, _ = self.speller.all_features(tokens_in, keys, values, encoded.lens, centers)
                 predicted = self.speller.char_logits(first).argmax(dim=-1)  # (B, U, V) -> (B, U): guess of u + 1
             use_truth = torch.rand(tokens_in.shape, device=tokens_in.device) < rate  # (B, U)
             use_truth[:, 0] = True  # SOS
             shifted = torch.cat([tokens_in[:, :1], predicted[:, :-1]], dim=1)  # (B, U): the guess for position u
             tokens_in = torch.where(use_truth, tokens_in, shifted)
-        out, attn = self.speller.all_features(tokens_in, keys, values, encoded.lens)
+        out, attn = self.speller.all_features(tokens_in, keys, values, encoded.lens, centers)
         return self.speller.char_logits(out), attn  # (B, U, Hs + A) -> (B, U, V)
 
     @staticmethod
     def loss_options(training_cfg) -> dict:
         """The settings of ``training:`` that this objective reads (the hooks add the rest)."""
         return {"label_smoothing": training_cfg.label_smoothing, "ctc_weight": training_cfg.ctc_weight,
-                "guided_sigma": training_cfg.guided_attention_sigma}
+                "guided_sigma": training_cfg.guided_attention_sigma,
+                "guided_target": training_cfg.guided_attention_target}
+
+    def char_occupancy(self, encoded: EncoderOutput, tokens: torch.Tensor, token_lens: torch.Tensor) -> torch.Tensor:
+        """Where the CTC head aligns each character, per listener frame: (B, n, T') with n = U - 2.
+
+        Row c is the CTC posterior of character c over the head's frames (src/models/alignment.py),
+        each run of 2 ** (listener_layers - ctc_layer) frames summed into the listener frame above it:
+        it sums to 1, or to 0 where the utterance has no alignment or no character c."""
+        chars, n_chars = ctc_targets(tokens, token_lens)  # (B, U) -> (B, U-2), (B,)
+        occupancy = ctc_occupancy(encoded.ctc_log_probs, encoded.ctc_lens, chars, n_chars)  # (B, U-2, T'')
+        frames = encoded.memory[0].size(1)
+        return pool_frames(occupancy, 2 ** (self.cfg.listener_layers - self.cfg.ctc_layer), frames)  # (B, U-2, T')
+
+    @staticmethod
+    def window_centers(occupancy: torch.Tensor | None, token_lens: torch.Tensor, enc_lens: torch.Tensor,
+                       steps: int) -> torch.Tensor:
+        """Teacher-forced windowed attention: each step's window centre (B, U), U = ``steps``.
+
+        Step u's window is centred where character u - 1 is, as decoding centres it where step u - 1
+        looked: frame 0 for the first step, then the mean frame of each character's occupancy
+        (B, n, T') (``char_occupancy``); without one (no CTC head, no alignment), the frame a
+        uniform pace puts it on."""
+        batch = token_lens.size(0)
+        n_chars = (token_lens - 2).clamp(min=1).float().unsqueeze(1)  # (B, 1)
+        index = torch.arange(steps - 1, device=enc_lens.device, dtype=torch.float32).unsqueeze(0)  # (1, U-1)
+        pace = ((index + 0.5) / n_chars).clamp(max=1.0) * enc_lens.float().unsqueeze(1)  # (B, U-1)
+        pace = torch.minimum(pace, (enc_lens - 1).float().unsqueeze(1))
+        if occupancy is not None:
+            rows = occupancy.new_zeros(batch, steps - 1, occupancy.size(2))  # (B, U-1, T')
+            rows[:, : occupancy.size(1)] = occupancy
+            frames = torch.arange(rows.size(2), device=rows.device, dtype=torch.float32)
+            mean = (rows * frames).sum(dim=2)  # (B, U-1, T') -> (B, U-1)
+            pace = torch.where(rows.sum(dim=2) > 0.5, mean, pace)
+        return torch.cat([pace.new_zeros(batch, 1), pace], dim=1)  # (B, 1) + (B, U-1) -> (B, U)
+
+    def attention_targets(self, occupancy: torch.Tensor, steps: int, centers: torch.Tensor | None) -> torch.Tensor:
+        """Where each output step should look: (B, U, T') with U = ``steps``. Step u < n (it predicts
+        character u) gets that character's occupancy (B, n, T'), cut to its attention window and
+        renormalised when windowed (``centers`` (B, U)); the <eos> step and steps whose character has
+        no mass in the window get none (a zero row)."""
+        target = occupancy.new_zeros(occupancy.size(0), steps, occupancy.size(2))  # (B, U, T')
+        target[:, : occupancy.size(1)] = occupancy
+        if centers is not None:
+            target = target * self.speller.attention.window_mask(centers, target.size(2))
+            mass = target.sum(dim=2, keepdim=True)  # (B, U, 1)
+            target = torch.where(mass > 0.5, target / mass.clamp(min=1e-12), torch.zeros_like(target))
+        return target
 
     def forward(
         self,
@@ -478,9 +580,14 @@ class LAS(nn.Module):
         ctc_weight: float = 0.0,
         guided_attention: float = 0.0,
         guided_sigma: float = 0.3,
+        guided_target: str = "diagonal",
     ) -> LossOutput:
         """The objective: (1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC,
-        plus ``guided_attention`` * the guided-attention loss when that weight is above 0.
+        plus ``guided_attention`` * the guided-attention loss when that weight is above 0:
+        ``guided_target`` "ctc" (with a CTC head), the KL divergence from the CTC head's alignment
+        (``attention_targets``); "diagonal", the attention mass outside a band of width
+        ``guided_sigma`` around the diagonal. Windowed attention (model.las.window_*) centres each
+        step's window on the CTC head's position of the character before (``window_centers``).
 
         tokens (B, U) = [SOS, c1..cn, EOS, PAD..], token_lens (B,) counting SOS and EOS.
         Parts: att, ctc, ga. A CTC weight of 0 still runs the head (DDP needs every
@@ -488,7 +595,13 @@ class LAS(nn.Module):
         """
         tokens_in, targets = tokens[:, :-1], tokens[:, 1:]  # (B, U) -> (B, U-1) each: [SOS, c..] / [c.., EOS]
         encoded = self.encode(features, feature_lens)
-        logits, attn = self.teacher_forced(encoded, tokens_in, teacher_forcing_rate)
+        windowed = self.speller.attention.window is not None
+        guided_by_ctc = guided_attention > 0.0 and guided_target == "ctc"
+        occupancy = None
+        if (windowed or guided_by_ctc) and encoded.ctc_log_probs is not None:
+            occupancy = self.char_occupancy(encoded, tokens, token_lens)  # (B, U-2, T')
+        centers = self.window_centers(occupancy, token_lens, encoded.lens, tokens_in.size(1)) if windowed else None
+        logits, attn = self.teacher_forced(encoded, tokens_in, teacher_forcing_rate, centers)
         att = attention_cross_entropy(logits, targets, label_smoothing)
         loss = att
         parts = {"att": float(att.detach()), "ctc": 0.0, "ga": 0.0}
@@ -497,7 +610,10 @@ class LAS(nn.Module):
             loss = (1.0 - ctc_weight) * att + ctc_weight * ctc
             parts["ctc"] = float(ctc.detach())
         if guided_attention > 0.0:
-            ga = guided_attention_loss(attn, token_lens - 1, encoded.lens, sigma=guided_sigma)
+            if guided_by_ctc and occupancy is not None:
+                ga = attention_target_loss(attn, self.attention_targets(occupancy, attn.size(1), centers))
+            else:
+                ga = guided_attention_loss(attn, token_lens - 1, encoded.lens, sigma=guided_sigma)
             loss = loss + guided_attention * ga
             parts["ga"] = float(ga.detach())
         return LossOutput(loss, parts, encoded, attn)

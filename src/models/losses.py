@@ -1,4 +1,5 @@
-"""Losses shared by the families' objectives: CTC, attention cross-entropy, guided attention.
+"""Losses shared by the families' objectives: CTC, attention cross-entropy, guided attention
+(towards the diagonal, or towards a target distribution such as the CTC head's alignment).
 
 Each takes what a family's forward has at hand and returns a scalar; a family's
 ``forward`` weights and sums them (src/models/interface.py).
@@ -65,3 +66,20 @@ def guided_attention_loss(attn: torch.Tensor, out_lens: torch.Tensor, enc_lens: 
     mask = (step_mask.unsqueeze(2) & frame_mask.unsqueeze(1)).float()  # (B, U, T')
     mass = (attn.float() * penalty * mask).sum(dim=2)  # (B, U, T') -> (B, U)
     return (mass * step_mask.float()).sum() / step_mask.float().sum().clamp(min=1.0)
+
+
+def attention_target_loss(attn: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How far the attention is from where it should look: KL(target || attention), mean over steps.
+
+    attn (B, U, T') weights; target (B, U, T') rows that sum to 1 over T' (a step's target
+    distribution over frames, e.g. src/models/alignment.py's CTC occupancy) or to 0 (a step
+    without a target: padding, an utterance with no alignment), which do not count. Unlike
+    the diagonal's penalty, whose gradient fades when attention is spread over every frame
+    (it moves each weight by about that weight), the gradient on a step's scores is
+    ``attention - target`` whatever the spread: full strength from the first step.
+    """
+    target = target.float()
+    has_target = target.sum(dim=2) > 0.5  # (B, U)
+    log_ratio = target.clamp_min(1e-30).log() - attn.float().clamp_min(1e-30).log()  # (B, U, T')
+    kl = (target * log_ratio).sum(dim=2)  # (B, U, T') -> (B, U)
+    return (kl * has_target).sum() / has_target.sum().clamp(min=1)

@@ -216,7 +216,8 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> bool:
     Returns whether this epoch's weights became best.pt."""
     state, t = run.state, run.cfg.training
     dev, dev_metrics = evaluate_dev(run)
-    hook_summary = "  ".join(hook.end_of_epoch(epoch, dev_metrics) for hook in run.hooks)
+    hook_summary = "  ".join(hook.end_of_epoch(epoch, dev_metrics, step=state.global_step,
+                                               minutes=run.elapsed_minutes()) for hook in run.hooks)
     hook_summary = "  ".join(filter(None, [hook_summary, update_specaugment(run, train_metrics["train_loss"],
                                                                             dev_metrics["dev_loss"])]))
     dev_lev = dev_metrics["dev_lev"]
@@ -234,6 +235,9 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> bool:
     save_snapshot(run, epoch + 1, metrics)
     if run.info.is_main:
         log_epoch(run, epoch, dev, dev_metrics, train_metrics, hook_summary, improved)
+        for hook in run.hooks:
+            for line in hook.notices():
+                run.log.line(line)
     return improved
 
 
