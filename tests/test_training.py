@@ -427,7 +427,9 @@ def test_compute_loss_combines_attention_and_ctc():
     batch, model = _batch_and_model()
     loss = compute_loss(model, batch, teacher_forcing_rate=1.0, label_smoothing=0.0, ctc_weight=0.25).loss
     enc = model.encode(batch.features, batch.feature_lens)
-    logits, _ = model.teacher_forced(enc, batch.tokens[:, :-1])
+    occupancy = model.char_occupancy(enc, batch.tokens, batch.token_lens)  # the windows' centres, as training has them
+    centers = model.window_centers(occupancy, batch.token_lens, enc.lens, batch.tokens.size(1) - 1)
+    logits, _ = model.teacher_forced(enc, batch.tokens[:, :-1], centers=centers)
     att = sum(F.cross_entropy(logits[b, : n - 1], batch.tokens[b, 1:n], reduction="sum")
               for b, n in enumerate(batch.token_lens.tolist())) / int((batch.token_lens - 1).sum())
     ctc = sum(  # per utterance: CTC over its own frames, blank = PAD = 0, divided by its target length

@@ -41,15 +41,12 @@ def _occupancy_one(lp, labels, out):
     ext = np.full(states, BLANK, dtype=np.int64)  # blank, c1, blank, c2, ..., cn, blank
     for i in range(n_labels):
         ext[2 * i + 1] = labels[i]
-    emit = np.empty((frames, states))  # (T, S): probability of each state's symbol at each frame
-    for t in range(frames):
-        for s in range(states):
-            emit[t, s] = np.exp(max(lp[t, ext[s]], -700.0))
+    emit = np.exp(lp.astype(np.float64))  # (T, V): the probability of each symbol at each frame
     alpha = np.zeros((frames, states))
     scale = np.zeros(frames)
-    alpha[0, 0] = emit[0, 0]
+    alpha[0, 0] = emit[0, ext[0]]
     if states > 1:
-        alpha[0, 1] = emit[0, 1]
+        alpha[0, 1] = emit[0, ext[1]]
     for t in range(frames):
         if t > 0:
             for s in range(states):
@@ -58,7 +55,7 @@ def _occupancy_one(lp, labels, out):
                     a += alpha[t - 1, s - 1]
                 if s >= 2 and ext[s] != BLANK and ext[s] != ext[s - 2]:  # skip the blank between different labels
                     a += alpha[t - 1, s - 2]
-                alpha[t, s] = a * emit[t, s]
+                alpha[t, s] = a * emit[t, ext[s]]
         total = 0.0
         for s in range(states):
             total += alpha[t, s]
@@ -73,11 +70,11 @@ def _occupancy_one(lp, labels, out):
         beta[frames - 1, states - 2] = 1.0
     for t in range(frames - 2, -1, -1):
         for s in range(states):
-            b = beta[t + 1, s] * emit[t + 1, s]
+            b = beta[t + 1, s] * emit[t + 1, ext[s]]
             if s + 1 < states:
-                b += beta[t + 1, s + 1] * emit[t + 1, s + 1]
+                b += beta[t + 1, s + 1] * emit[t + 1, ext[s + 1]]
             if s + 2 < states and ext[s + 2] != BLANK and ext[s + 2] != ext[s]:
-                b += beta[t + 1, s + 2] * emit[t + 1, s + 2]
+                b += beta[t + 1, s + 2] * emit[t + 1, ext[s + 2]]
             beta[t, s] = b / scale[t + 1]
     # the end states must be reachable: otherwise the last frame's mass sits on other states
     if alpha[frames - 1, states - 1] + (alpha[frames - 1, states - 2] if states > 1 else 0.0) <= 0.0:
@@ -112,11 +109,11 @@ def ctc_occupancy(log_probs: torch.Tensor, lens: torch.Tensor, labels: torch.Ten
     exists, and is all zero otherwise (an infeasible utterance, or padding).
     """
     lp = log_probs.detach().float().cpu().numpy()
-    out = np.zeros((lp.shape[0], labels.size(1), lp.shape[1]), dtype=np.float64)  # (B, L, T'')
+    out = np.zeros((lp.shape[0], labels.size(1), lp.shape[1]), dtype=np.float32)  # (B, L, T'')
     with keep_torch_threads():  # numba's parallel layer resets torch's thread count
         _occupancy_batch(lp, lens.cpu().numpy().astype(np.int64), labels.cpu().numpy().astype(np.int64),
                          label_lens.cpu().numpy().astype(np.int64), out)
-    return torch.from_numpy(out).float().to(log_probs.device)
+    return torch.from_numpy(out).to(log_probs.device)
 
 
 def pool_frames(occupancy: torch.Tensor, factor: int, frames: int) -> torch.Tensor:
