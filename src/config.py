@@ -138,7 +138,7 @@ class TrainingConfig:
     guided_attention_target: str = "ctc"  # ctc: where the CTC head aligns each character | diagonal (no CTC head: diagonal)
     guided_attention_sigma: float = 0.3  # diagonal: width of the band, as a share of the utterance
     guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment is reached
-    alignment_warning_steps: int = 3000  # warn once when dev attention has not aligned after this many steps; 0 = never
+    alignment_warning_steps: int = 3000  # warn once when dev alignment is below 0.5 after this many steps; 0 = never
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)

@@ -230,9 +230,12 @@ def test_hook_says_once_when_attention_aligned_and_warns_once_when_it_has_not():
     assert hooks.notices() == []
     hooks.end_of_epoch(1, {"dev_alignment": 0.3, "dev_cer": 0.9}, step=400, minutes=2.0)
     (warning,) = hooks.notices()
-    assert warning.startswith("warning: attention has not aligned after 400 steps") and "0.30" in warning
-    hooks.end_of_epoch(2, {"dev_alignment": 0.5, "dev_cer": 0.9}, step=600, minutes=3.0)
+    assert warning.startswith("warning: attention has not aligned after 400 steps") and "0.30 < 0.5" in warning
+    hooks.end_of_epoch(2, {"dev_alignment": 0.4, "dev_cer": 0.9}, step=600, minutes=3.0)
     assert hooks.notices() == []  # once per run
+    partly = AttentionHooks(cfg)  # following the audio, not yet sharp: no warning
+    partly.end_of_epoch(1, {"dev_alignment": 0.7, "dev_cer": 0.5}, step=400, minutes=2.0)
+    assert partly.notices() == [] and not partly.state["aligned"]
     assert hooks.batch_options()["guided_attention"] == cfg.guided_attention
     hooks.end_of_epoch(3, {"dev_alignment": 0.93, "dev_cer": 0.4}, step=800, minutes=4.25)
     (line,) = hooks.notices()

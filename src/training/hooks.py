@@ -8,7 +8,7 @@
                        frame to the last (src/schedules.py: attention_alignment), which
                        drops the guided loss (and starts the decay with trigger aligned);
                        one line says when it first passes the threshold, and one warning
-                       (once per run) when it has not by training.alignment_warning_steps
+                       (once per run) when it is below 0.5 after training.alignment_warning_steps
 
 The loop knows hooks only through this small protocol, so a CTC family runs
 through the same loop with none of them:
@@ -28,6 +28,9 @@ import torch
 
 from src.models.interface import LossOutput, has_attention
 from src.schedules import TeacherForcingState, attention_alignment, next_teacher_forcing
+
+
+UNALIGNED = 0.5  # a dev alignment below this after training.alignment_warning_steps gets the warning
 
 
 class AttentionHooks:
@@ -80,7 +83,8 @@ class AttentionHooks:
 
     def note_alignment(self, alignment: float, epoch: int, step: int, minutes: float) -> None:
         """Latch ``aligned`` once the dev alignment reaches the threshold, saying so in one line (and when
-        it was: state["aligned_at"]); warn once when it has not after training.alignment_warning_steps."""
+        it was: state["aligned_at"]); warn once when it is still below UNALIGNED (attention that has not
+        begun to follow the audio) after training.alignment_warning_steps."""
         threshold = self.t.teacher_forcing.trigger_alignment
         where = f"epoch {epoch + 1}, step {step}, {minutes:.1f} min"
         if not self.state["aligned"] and alignment >= threshold:
@@ -90,11 +94,11 @@ class AttentionHooks:
                 self.t.guided_attention_until_aligned else ""
             self._notices.append(f"attention aligned: dev alignment {alignment:.2f} >= {threshold:g} at {where}{off}")
         deadline = self.t.alignment_warning_steps
-        if not self.state["aligned"] and 0 < deadline <= step and not self.state.get("warned_unaligned"):
+        if alignment < UNALIGNED and 0 < deadline <= step and not self.state.get("warned_unaligned"):
             self.state["warned_unaligned"] = True
             self._notices.append(
                 f"warning: attention has not aligned after {step} steps (dev alignment {alignment:.2f} < "
-                f"{threshold:g} at {where}): greedy decoding will repeat or skip words and the beam leans on "
+                f"{UNALIGNED:g} at {where}): greedy decoding will repeat or skip words and the beam leans on "
                 "the CTC head. Try training.guided_attention_target=ctc (needs the CTC head: training.ctc_weight "
                 "above 0), a larger training.guided_attention, more and smaller steps "
                 "(data.max_utterances_per_batch), or a longer run (docs/training.md, alignment)")
