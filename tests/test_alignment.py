@@ -210,11 +210,13 @@ def test_windowed_steps_equal_teacher_forcing_centred_where_each_step_looked(inp
     outside = ~model.speller.attention.window_mask(centers, forced_attn.size(2))
     assert forced_attn[outside].abs().max() == 0.0
     assert torch.allclose(forced_attn.sum(dim=2), torch.ones(2, tokens_in.size(1)), atol=1e-5)
-    assert centers[:, 0].tolist() == [0.0, 0.0]
+    advance, last = model.speller.window_advance, (encoded.lens - 1).float()
+    assert advance > 0 and centers[:, 0].tolist() == [advance, advance]  # from frame 0
     assert torch.all(centers[:, 1:] >= centers[:, :-1])  # decoding moves the window forward only
-    for u in range(1, centers.size(1)):  # to where the step before looked, when that is further on
+    for u in range(1, centers.size(1)):  # to where the step before looked, or on by the advance, within the utterance
         looked = model.speller.attention.expected_frame(forced_attn[:, u - 1])
-        assert torch.allclose(centers[:, u], torch.maximum(centers[:, u - 1], looked), atol=1e-5)
+        want = torch.minimum(torch.maximum(centers[:, u - 1] + advance, looked), last)
+        assert torch.allclose(centers[:, u], want, atol=1e-5)
     if location_kernel == 0 and not input_feeding:
         with pytest.raises(ValueError, match="centres"):
             model.teacher_forced(encoded, tokens_in, 1.0)

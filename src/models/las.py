@@ -65,7 +65,7 @@ class LASConfig:
               "listener_layers": "[1, 16]", "locked_dropout": "[0, 1)", "attention_dim": "[1, 8192]",
               "embedding_dim": "[1, 8192]", "speller_hidden": "[1, 8192]", "speller_dropout": "[0, 1)",
               "ctc_layer": "[1, 16]", "location_kernel": "[0, 255]", "location_channels": "[1, 1024]",
-              "window_behind": "[0, 100000]", "window_ahead": "[0, 100000]"}  # what each setting accepts (src/config.py: check_ranges)
+              "window_behind": "[0, 100000]", "window_ahead": "[0, 100000]", "window_advance": "[0, 100]"}  # what each setting accepts (src/config.py: check_ranges)
 
     conv_channels: int = 128  # Conv1d front end output channels
     conv_stride: int = 2  # Conv1d front end stride; T' = ceil(T / stride / 2**listener_layers)
@@ -80,6 +80,7 @@ class LASConfig:
     location_channels: int = 8  # location-aware attention: filters of that convolution
     window_behind: int = 1  # windowed attention: listener frames before where the last step looked (0 and 0 = off)
     window_ahead: int = 12  # windowed attention: listener frames after it (training: after the CTC head's position)
+    window_advance: float = 0.25  # windowed attention, decoding: the window moves on at least this many frames a step
     speller_dropout: float = 0.1  # dropout inside the speller
     tie_weights: bool = True  # the character distribution shares the embedding matrix
     ctc_head: bool = True  # joint CTC head on the listener (blank = <pad>, id 0)
@@ -314,9 +315,11 @@ class Speller(nn.Module):
         location_kernel: int = 0,
         location_channels: int = 8,
         window: tuple[int, int] = (0, 0),
+        window_advance: float = 0.0,
     ):
         super().__init__()
         self.hidden = hidden
+        self.window_advance = window_advance
         self.attention_dim = attention_dim
         self.input_feeding = input_feeding
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
@@ -360,8 +363,9 @@ class Speller(nn.Module):
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """THE recurrence: tokens (B,) -> output features (B, Hs + A), new state, attn (B, T').
         ``center`` (B,): the attention window's centre; by default where the last step looked, or the
-        last centre when that is further on: decoding moves the window forward only, as the CTC
-        positions that centre it in training do."""
+        last centre plus ``window_advance`` frames when that is further on: decoding moves the window
+        forward only, as the CTC positions that centre it in training do, and a speller that repeats
+        a word while looking at the same frames is carried past them."""
         embedded = self.embedding(tokens)  # (B,) -> (B, E)
         if self.input_feeding:
             h1, c1, h2, c2, context = state[:5]
@@ -372,7 +376,8 @@ class Speller(nn.Module):
             out, (h1, c1, h2, c2, *_) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
             h2 = out.squeeze(1)  # (B, 1, Hs) -> (B, Hs)
         if center is None and self.attention.window is not None:
-            center = torch.maximum(state[6], self.attention.expected_frame(state[5]))  # (B,)
+            center = torch.maximum(state[6] + self.window_advance, self.attention.expected_frame(state[5]))  # (B,)
+            center = torch.minimum(center, (lens - 1).float())  # on a real frame: the window is never empty
         context, attn = self.attention(h2, keys, values, lens, previous=state[5], centers=center)
         out = torch.cat([h2, context], dim=1)  # (B, Hs) + (B, A) -> (B, Hs + A)
         return out, (h1, c1, h2, c2, context, attn, state[6] if center is None else center.float()), attn
@@ -394,8 +399,8 @@ class Speller(nn.Module):
             for u in range(out.size(1)):
                 step_mask = mask
                 if self.attention.window is not None:  # as step_features centres it, unless given
-                    center = centers[:, u] if centers is not None else torch.maximum(
-                        center, self.attention.expected_frame(previous))  # (B,)
+                    center = centers[:, u] if centers is not None else torch.minimum(torch.maximum(
+                        center + self.window_advance, self.attention.expected_frame(previous)), (lens - 1).float())  # (B,)
                     step_mask = mask & self.attention.window_mask(center.unsqueeze(1), keys.size(1)).squeeze(1)  # (B, T')
                 previous = self.attention.normalise(content[:, u] + self.attention.location_scores(previous),
                                                     step_mask)
@@ -427,7 +432,7 @@ class LAS(nn.Module):
         self.speller = Speller(
             vocab_size, cfg.embedding_dim, cfg.speller_hidden, cfg.attention_dim, self.listener.output_dim,
             cfg.speller_dropout, cfg.tie_weights, cfg.input_feeding, cfg.location_kernel, cfg.location_channels,
-            (cfg.window_behind, cfg.window_ahead),
+            (cfg.window_behind, cfg.window_ahead), cfg.window_advance,
         )
         self.ctc = nn.Linear(2 * cfg.listener_hidden, vocab_size) if cfg.ctc_head else None
 
