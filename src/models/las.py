@@ -376,11 +376,17 @@ class Speller(nn.Module):
             out, (h1, c1, h2, c2, *_) = self.recurrence(embedded.unsqueeze(1), state)  # (B, E) -> (B, 1, E)
             h2 = out.squeeze(1)  # (B, 1, Hs) -> (B, Hs)
         if center is None and self.attention.window is not None:
-            center = torch.maximum(state[6] + self.window_advance, self.attention.expected_frame(state[5]))  # (B,)
-            center = torch.minimum(center, (lens - 1).float())  # on a real frame: the window is never empty
+            center = self.next_center(state[6], state[5], lens)  # (B,)
         context, attn = self.attention(h2, keys, values, lens, previous=state[5], centers=center)
         out = torch.cat([h2, context], dim=1)  # (B, Hs) + (B, A) -> (B, Hs + A)
         return out, (h1, c1, h2, c2, context, attn, state[6] if center is None else center.float()), attn
+
+    def next_center(self, center: torch.Tensor, previous: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """Decoding's window centre (B,): where the last step looked (``previous`` (B, T')), or the last
+        ``center`` (B,) plus ``window_advance`` when that is further on; never past the last real frame
+        (``lens`` (B,)), so the window is never empty."""
+        center = torch.maximum(center + self.window_advance, self.attention.expected_frame(previous))
+        return torch.minimum(center, (lens - 1).float())
 
     def all_features(self, tokens_in: torch.Tensor, keys, values, lens, centers: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,8 +405,7 @@ class Speller(nn.Module):
             for u in range(out.size(1)):
                 step_mask = mask
                 if self.attention.window is not None:  # as step_features centres it, unless given
-                    center = centers[:, u] if centers is not None else torch.minimum(torch.maximum(
-                        center + self.window_advance, self.attention.expected_frame(previous)), (lens - 1).float())  # (B,)
+                    center = centers[:, u] if centers is not None else self.next_center(center, previous, lens)  # (B,)
                     step_mask = mask & self.attention.window_mask(center.unsqueeze(1), keys.size(1)).squeeze(1)  # (B, T')
                 previous = self.attention.normalise(content[:, u] + self.attention.location_scores(previous),
                                                     step_mask)
