@@ -38,10 +38,12 @@ from cli_args import count, positive, preset_list  # bench/, this script's folde
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from src.corpus.fullsize import SPLITS, draw_lengths  # noqa: E402  (the competition's lengths; numpy only)
+
 GPU_PRESETS = ("gpu-las", "gpu-transformer", "gpu-ds2")
-TRAIN_FRAMES = (1265, 2448, 350)  # train-clean-100: mean, max, assumed standard deviation (frames)
-TEST_FRAMES = (738, 3491, 450)  # test-clean
-CHARS_PER_FRAME, MAX_CHARS = 0.148, 400
+TRAIN_FRAMES = SPLITS["train-clean-100"][1:4]  # mean, max, assumed standard deviation (frames): 1265, 2448, 350
+TEST_FRAMES = SPLITS["test-clean"][1:4]  # 738, 3491, 450
+CHARS_PER_FRAME, MAX_CHARS = SPLITS["train-clean-100"][4:6]  # 0.148, 400
 TINY_MODELS = {
     "las": ["model.las.conv_channels=16", "model.las.listener_hidden=16", "model.las.attention_dim=16",
             "model.las.embedding_dim=16", "model.las.speller_hidden=32"],
@@ -65,17 +67,6 @@ class Row:
         speed = "-" if math.isnan(self.utt_s) else f"{self.utt_s:.1f}"
         peak = "-" if math.isnan(self.peak_gib) else f"{self.peak_gib:.2f}"
         return f"| {self.preset} | {self.check} | {self.ok} | {speed} | {peak} | {self.notes} |"
-
-
-def draw_lengths(rng, n: int, mean: int, longest: int, sd: float, scale: float = 1.0):
-    """``n`` frame counts: ``longest - Gamma`` with the given mean and sd (left-skewed like LibriSpeech's
-    durations, never above ``longest``), the first one exactly ``longest``; all times ``scale``."""
-    import numpy as np
-
-    shape = ((longest - mean) / sd) ** 2
-    lengths = longest - rng.gamma(shape, (longest - mean) / shape, size=n)
-    lengths[0] = longest
-    return np.clip(np.round(lengths * scale), 8, None).astype(np.int64)
 
 
 def make_batch(rng, lengths, n_mels: int):

@@ -18,6 +18,8 @@ CASES = [
     ("bench_ctc_prefix.py", ["--frames", "0"], "--frames"),
     ("bench_decode.py", ["--beams", "5", "0"], "--beams"),
     ("bench_decode.py", ["--chars-per-frame", "nan"], "--chars-per-frame"),
+    ("bench_fullsize.py", ["--pipeline-seconds", "0"], "--pipeline-seconds"),
+    ("bench_fullsize.py", ["--parts", "startup,nothing"], "--parts"),
     ("bench_levenshtein.py", ["--pairs", "0"], "--pairs"),
     ("bench_profile.py", ["--warmup", "-1"], "--warmup"),
     ("bench_reliability.py", ["--kills", "-1"], "--kills"),

@@ -180,6 +180,28 @@ def test_dataset_items_match_files(tree):
     assert ds.token_lengths.tolist() == [len(truth["train-clean-100"][n][1]) + 2 for n in ds.names]
 
 
+def test_direct_reads_equal_np_load_for_every_dtype_order_and_a_file_that_changed(tmp_path):
+    """Items read straight from the data offset equal np.load's arrays: float16/32/64, column-major,
+    an .npy version 2 header; a file rewritten after the dataset was built is read again with np.load."""
+    rng = np.random.default_rng(5)
+    mfcc = tmp_path / "dev-clean" / "mfcc"
+    mfcc.mkdir(parents=True)
+    arrays = {"a16": rng.normal(size=(17, 28)).astype(np.float16), "b32": rng.normal(size=(9, 28)).astype(np.float32),
+              "c64": rng.normal(size=(12, 28)), "d_fortran": np.asfortranarray(rng.normal(size=(11, 28)).astype(np.float32))}
+    for name, x in arrays.items():
+        np.save(mfcc / f"{name}.npy", x)
+    with open(mfcc / "e_v2.npy", "wb") as f:
+        arrays["e_v2"] = rng.normal(size=(6, 28)).astype(np.float32)
+        np.lib.format.write_array(f, arrays["e_v2"], version=(2, 0))
+    ds = SpeechDataset(tmp_path, "dev-clean", normalize="none", with_transcripts=False)
+    assert ds.names == sorted(arrays)
+    for i, name in enumerate(ds.names):
+        np.testing.assert_array_equal(ds[i]["features"].numpy(), np.load(mfcc / f"{name}.npy").astype(np.float32))
+    grown = rng.normal(size=(20, 28)).astype(np.float32)
+    np.save(mfcc / "b32.npy", grown)  # after the headers were read
+    np.testing.assert_array_equal(ds[ds.names.index("b32")]["features"].numpy(), grown)
+
+
 def test_test_split_has_no_tokens(tree):
     root, truth = tree
     ds = SpeechDataset(root, "test-clean")

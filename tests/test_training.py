@@ -1,7 +1,9 @@
 """Training pieces: schedules, teacher forcing stages, alignment score, losses, NaN skip, OOM advice, train.py."""
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -594,11 +596,20 @@ def test_train_py_on_bundled_sample(tmp_path):
            "model.las.conv_channels=16", "model.las.listener_hidden=16", "model.las.speller_hidden=32",
            "model.las.attention_dim=16", "model.las.embedding_dim=16", "training.device=cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    began = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    wall = time.monotonic() - began
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("last.pt", "best.pt", "config.yaml", "train.log", "attention/epoch_001.png"):
         assert (run_dir / name).is_file(), name
     assert "epoch 1/1" in proc.stdout and "dev loss" in proc.stdout
+    # start-up is said once, within the command's wall time, its phases adding up to less than the whole
+    said = re.findall(r"start-up: first optimiser step ([\d.]+) s after the process started \(imports, config ([\d.]+) s, "
+                      r"data check ([\d.]+) s, datasets ([\d.]+) s, model, checkpoint, logging ([\d.]+) s, "
+                      r"first batch ([\d.]+) s\)", (run_dir / "train.log").read_text())
+    assert len(said) == 1, proc.stdout[-2000:]
+    total, *phases = map(float, said[0])
+    assert abs(sum(phases) - total) <= 0.35 and total <= wall  # the phases are the whole (rounding, /proc's ticks)
     from src.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(run_dir / "best.pt"))  # rebuilt from the file alone
@@ -607,6 +618,14 @@ def test_train_py_on_bundled_sample(tmp_path):
     bad = subprocess.run([sys.executable, "train.py", "--config", str(ROOT / "config.yaml"), "training.lrr=1"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "training.lr" in bad.stderr
+
+
+def test_seconds_since_process_start_reads_the_clock_of_a_process_that_waited():
+    code = "import time; time.sleep(1.0); from src.training.state import seconds_since_process_start as s; print(s())"
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - began
+    assert 1.0 <= float(out.stdout) <= wall + 0.02, (out.stdout, out.stderr[-500:], wall)  # /proc counts 10 ms ticks
 
 
 def _guided_reference(attn, out_lens, enc_lens, sigma):

@@ -10,6 +10,7 @@ data) and loads one file per item, so 132k utterances cost a few MB of RAM.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -19,10 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from src.errors import UserError
+from src.errors import UserError, first_line
 from src.vocab import PAD, TOKEN_TO_ID
 
 from .layout import (
+    FEATURE_DTYPES,
     FEATURES_ONLY,
     NpyHeader,
     feature_problem,
@@ -50,18 +52,28 @@ def normalize_utterance(x: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray
     """Zero mean, unit variance per feature bin over time: (T, D) -> (T, D) float32.
 
     A constant bin becomes zeros (the variance gets ``eps`` before the root).
-    Computed in float64: the squares of float32 (or float16) values beyond
-    about 1e19 would overflow, and loader workers, new processes every epoch,
-    would print numpy's overflow RuntimeWarning again each epoch. Every
-    finite float16 or float32 input gives a finite result without a warning.
-    Non-finite input, or float64 beyond the float32 range (possible only with
-    ``data.check=false``: the check rejects both) gives NaN or Inf silently:
-    training skips such a batch and warns once, naming its utterances.
+    The mean and variance are accumulated in float64 (the squares of float32
+    or float16 values beyond about 1e19 would overflow in float32), the
+    result computed in float32: the loader does this for every utterance of
+    every epoch, and float32 passes over the frames move half the bytes of
+    float64 ones. Where the variance passes 1e60 (values beyond about 1e30,
+    which the data check rejects), the whole computation runs in float64
+    instead, so every finite float16 or float32 input gives a finite result
+    without a warning (loader workers, new processes every epoch, would print
+    numpy's RuntimeWarning again each epoch). Non-finite input, or float64
+    beyond the float32 range (possible only with ``data.check=false``) gives
+    NaN or Inf silently: training skips such a batch and warns once, naming
+    its utterances.
     """
+    x32 = np.asarray(x, dtype=np.float32)  # float32 values, as in_memory stores them
     with np.errstate(invalid="ignore", over="ignore"):
-        x64 = np.asarray(x, dtype=np.float32).astype(np.float64)  # float32 values, as in_memory stores them
-        mean = x64.mean(axis=0, keepdims=True)  # (1, D)
-        var = x64.var(axis=0, keepdims=True)  # (1, D)
+        mean = x32.mean(axis=0, dtype=np.float64)  # (D,)
+        var = x32.var(axis=0, dtype=np.float64)  # (D,)
+        if np.all(var < 1e60):  # |x - mean| < 1e33: nothing below overflows float32
+            out = x32 - mean.astype(np.float32)  # (T, D), a new array
+            out *= (1.0 / np.sqrt(var + eps)).astype(np.float32)
+            return out
+        x64 = x32.astype(np.float64)
         return ((x64 - mean) / np.sqrt(var + eps)).astype(np.float32)
 
 
@@ -109,6 +121,10 @@ class SpeechDataset(Dataset):
             if problem is not None:
                 raise UserError(f"{u.features}: {problem}")
         self.frame_lengths = np.array([h.shape[0] for h in headers], dtype=np.int64)
+        # where each file's array data starts, and its dtype, for reads that skip parsing the header again
+        # (-1: a column-major file, read by np.load)
+        self._data_offset = np.array([-1 if h.fortran_order else h.data_offset for h in headers], dtype=np.int32)
+        self._dtype_index = np.array([FEATURE_DTYPES.index(h.dtype) for h in headers], dtype=np.int8)
         self._token_lengths: np.ndarray | None = None
 
         self.in_memory = in_memory
@@ -144,7 +160,19 @@ class SpeechDataset(Dataset):
 
     # loading ----------------------------------------------------------------
     def _read_features(self, i: int) -> np.ndarray:
+        """(T, D) as stored. The array data is read straight from where the header said it starts (the
+        header is parsed once, when the dataset is built: np.load would parse it again on every read);
+        a file that has changed size since then, or a column-major one, goes through np.load."""
         path = self.features_path(i)
+        n, offset = int(self.frame_lengths[i]) * self.n_mels, int(self._data_offset[i])
+        if offset >= 0:
+            dtype = FEATURE_DTYPES[self._dtype_index[i]]
+            try:
+                if os.path.getsize(path) == offset + n * dtype.itemsize:
+                    return np.fromfile(path, dtype=dtype, count=n, offset=offset).reshape(-1, self.n_mels)
+            except OSError as err:
+                raise UserError(f"{path}: unreadable .npy file ({first_line(err)}); re-download or re-unzip the "
+                                "data, or remove the utterance") from None
         x = load_npy(path)
         if x.ndim != 2 or x.shape[1] != self.n_mels:
             raise UserError(f"{path}: expected (T, {self.n_mels}) features, got shape {x.shape}; re-create the features")
@@ -192,8 +220,10 @@ class SpeechDataset(Dataset):
             x = self._read_features(i)
             tok = self._cached_tokens(i)
         if self.normalize == "utterance":
-            x = normalize_utterance(x)
-        features = torch.from_numpy(np.array(x, dtype=np.float32, copy=True))  # (T, D)
+            x = normalize_utterance(x)  # a new float32 array
+        elif self._feat_flat is not None or x.dtype != np.float32:
+            x = np.array(x, dtype=np.float32)  # a copy: in_memory items are views of one shared array
+        features = torch.from_numpy(x)  # (T, D)
         tokens = torch.from_numpy(tok) if tok is not None else None  # (U,)
         return {"features": features, "tokens": tokens, "name": self.names[i], "index": i}
 

@@ -239,6 +239,7 @@ class NpyHeader(NamedTuple):
     dtype: np.dtype
     data_offset: int  # bytes before the array data
     file_size: int
+    fortran_order: bool = False  # column-major data (np.save of a transposed array)
 
     @property
     def data_bytes(self) -> int | None:
@@ -255,13 +256,14 @@ def read_npy_header(path: str | Path) -> NpyHeader:
         with open(path, "rb") as f:
             version = npy_format.read_magic(f)
             if version == (1, 0):
-                shape, _, dtype = npy_format.read_array_header_1_0(f)
+                shape, fortran, dtype = npy_format.read_array_header_1_0(f)
             elif version == (2, 0):
-                shape, _, dtype = npy_format.read_array_header_2_0(f)
+                shape, fortran, dtype = npy_format.read_array_header_2_0(f)
             else:  # 3.0 (utf-8 header): rare; let numpy parse it
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
-                return NpyHeader(tuple(arr.shape), arr.dtype, size - arr.nbytes, size)
-            return NpyHeader(tuple(int(n) for n in shape), np.dtype(dtype), f.tell(), size)
+                return NpyHeader(tuple(arr.shape), arr.dtype, size - arr.nbytes, size,
+                                 bool(arr.flags.f_contiguous and not arr.flags.c_contiguous))
+            return NpyHeader(tuple(int(n) for n in shape), np.dtype(dtype), f.tell(), size, bool(fortran))
     except Exception as err:  # ValueError (bad magic/header), EOFError, OSError
         raise UserError(f"{path}: unreadable .npy file ({first_line(err)}); {_FIX}") from None
 

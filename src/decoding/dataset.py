@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
+from src.data.check import FRAME_SECONDS
 from src.vocab import decode as ids_to_text
 
 
@@ -19,14 +20,20 @@ def decode_dataset(model, dataset, data_cfg, decoding_cfg, desc: str = "decode"
     loader = make_decoding_loader(dataset, data_cfg, decoding_cfg.batch_size)
     hyps: list[str | None] = [None] * len(dataset)
     refs: list[str | None] | None = [None] * len(dataset) if dataset.has_transcripts else None
-    with tqdm(total=len(dataset), desc=desc, unit="utt", dynamic_ncols=True) as bar:
+    # progress in seconds of audio, not utterances: the loader goes shortest first, and a decode's time
+    # grows with the audio, so the bar's estimate of the time left holds from the start
+    seconds = [round(float(n) * FRAME_SECONDS, 2) for n in dataset.frame_lengths]
+    done = 0
+    with tqdm(total=round(sum(seconds)), desc=f"{desc} (s of audio)", unit="s", dynamic_ncols=True) as bar:
         for batch in loader:
             texts = decode_batch(model, batch, decoding_cfg)
             for j, idx in enumerate(batch.indices.tolist()):
                 hyps[idx] = texts[j]
                 if refs is not None and batch.tokens is not None:
                     refs[idx] = ids_to_text(batch.tokens[j].tolist())
-            bar.update(len(texts))
+            done += len(texts)
+            bar.set_postfix_str(f"{done}/{len(dataset)} utt", refresh=False)
+            bar.update(sum(seconds[i] for i in batch.indices.tolist()))
     missing = sum(h is None for h in hyps)
     if missing:
         raise RuntimeError(f"decode_dataset: {missing} utterances were never decoded (sampler bug)")

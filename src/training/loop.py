@@ -142,6 +142,7 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
                 save_last(run)
                 raise StopTraining
             out, lr = train_step(run, batch.to(run.device), options, elapsed)
+            run.note_first_step()
             state.global_step += 1
             state.batch += 1
             state.epoch_sums["batches"] += 1

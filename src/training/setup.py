@@ -6,6 +6,7 @@ the resumed state; and the worst-case batches tried once on a GPU.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,16 @@ def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=(0.9, 0.98), eps=1e-8, fused=fused or None)
 
 
-def _load_data(cfg: Config, info: dist_utils.DistInfo):
+def _load_data(cfg: Config, info: dist_utils.DistInfo, seconds: dict[str, float]):
+    """(root, train set, dev set); ``seconds`` gets how long the data check and the indexing took."""
+    began = time.monotonic()
     root = resolve_data_root(cfg.data)
     if cfg.data.check:
         if info.is_main:
             check_data(root, [cfg.data.train_partition, cfg.data.dev_partition], n_mels=cfg.data.n_mels)
         dist_utils.barrier(info)
+        seconds["data check"] = time.monotonic() - began
+    began = time.monotonic()
     kwargs = dict(n_mels=cfg.data.n_mels, normalize=cfg.data.normalize, in_memory=cfg.data.in_memory)
     # with training.channel the training batches are normalised after the channel (src/training/loop.py)
     train_set = SpeechDataset(root, cfg.data.train_partition,
@@ -64,6 +69,7 @@ def _load_data(cfg: Config, info: dist_utils.DistInfo):
     if cfg.training.dev_max_utterances and cfg.training.dev_max_utterances < len(dev_set):
         pick = np.unique(np.linspace(0, len(dev_set) - 1, cfg.training.dev_max_utterances).round().astype(np.int64))
         dev_set = SubsetDataset(dev_set, pick)  # spread over the whole (sorted) partition
+    seconds["datasets"] = time.monotonic() - began
     return root, train_set, dev_set
 
 
@@ -84,7 +90,9 @@ def setup_run(cfg: Config) -> Run:
     run_dir = Path(cfg.logging.run_dir)
     warn = WarnOnce()
 
-    root, train_set, dev_set = _load_data(cfg, info)
+    startup = {"began": time.monotonic()}  # seconds per phase, said after the first step (Run.note_first_step)
+    root, train_set, dev_set = _load_data(cfg, info, startup)
+    began = time.monotonic()
     seed_everything(cfg.training.seed)  # same initial weights on every rank
     model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).to(device)
     optimizer = make_optimizer(model, cfg.training)
@@ -118,7 +126,7 @@ def setup_run(cfg: Config) -> Run:
               run_dir=run_dir, state=state, steps_per_epoch=steps_per_epoch, warn=warn,
               minutes_at_start=state.elapsed_minutes,
               loss_options=type(model).loss_options(cfg.training) if hasattr(model, "loss_options") else {},
-              hooks=hooks_for(model, cfg.training, state.hooks))
+              hooks=hooks_for(model, cfg.training, state.hooks), startup=startup)
     run.sync_hook_state()
     if specaugment_needed(cfg.training.specaugment):
         run.specaugment = SpecAugment(cfg.training.specaugment).to(device)
@@ -138,6 +146,8 @@ def setup_run(cfg: Config) -> Run:
         if notice:
             run.log.line(notice)
     n_params = count_parameters(run.core)
+    startup["model, checkpoint, logging"] = time.monotonic() - began
+    startup["ready"] = time.monotonic()
     run.log.line(
         f"data {root}: train {cfg.data.train_partition} {len(train_set)} utts, dev {cfg.data.dev_partition} "
         f"{len(dev_set)} utts; model {cfg.model.family} {n_params / 1e6:.2f}M parameters; device {device}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,16 @@ class TrainState:
         return cls(**{k: v for k, v in saved.items() if k in known})
 
 
+def seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None where that cannot be read."""
+    try:
+        after_name = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(after_name[19]) / os.sysconf("SC_CLK_TCK")  # field 22, in clock ticks after boot
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 @dataclass
 class Run:
     """Everything one training run holds (built by ``src.training.loop.setup_run``)."""
@@ -129,6 +140,24 @@ class Run:
     channel: nn.Module | None = None  # training.channel (src/data/augment.py); the batches come unnormalised then
     session_start: float = field(default_factory=time.monotonic)
     minutes_at_start: float = 0.0
+    startup: dict = field(default_factory=dict)  # set-up's clock readings and phases, until the first step says them
+
+    def note_first_step(self) -> None:
+        """Once per process, after its first optimiser step: one line saying how long start-up took."""
+        if not self.startup:
+            return
+        now, times = time.monotonic(), dict(self.startup)
+        self.startup = {}
+        began, ready = times.pop("began"), times.pop("ready")
+        since_start = seconds_since_process_start()
+        phases = {"imports, config": since_start - (now - began)} if since_start is not None else {}
+        phases.update(times)
+        phases["first batch"] = now - ready
+        total = (f"{since_start:.1f} s after the process started" if since_start is not None
+                 else f"{now - began:.1f} s after set-up began")
+        if self.log is not None:
+            self.log.line(f"start-up: first optimiser step {total} ("
+                          + ", ".join(f"{name} {max(0.0, seconds):.1f} s" for name, seconds in phases.items()) + ")")
 
     @property
     def core(self) -> nn.Module:
