@@ -264,7 +264,7 @@ def part_pipeline(data: Path, presets: list[str], seconds: float) -> list[str]:
 
 
 def part_need(data: Path, presets: list[str]) -> list[str]:
-    from gpu_estimate import GPUS, preset_estimate
+    from gpu_estimate import GPUS, assumed_utilisation, preset_estimate
 
     from src.data.dataset import LengthBucketSampler, SpeechDataset
 
@@ -273,7 +273,7 @@ def part_need(data: Path, presets: list[str]) -> list[str]:
     peaks = {name: peak for name, peak, _ in GPUS}
     for preset in presets:
         cfg, flops, _, _ = preset_estimate(preset)
-        util = 0.10 if cfg.model.family in ("las", "ds2") else 0.25  # gpu_estimate.py's defaults
+        util = assumed_utilisation(cfg.model.family)
         lengths = SpeechDataset(data, cfg.data.train_partition, n_mels=cfg.data.n_mels).frame_lengths
         sizes = [len(b) for b in LengthBucketSampler(lengths, cfg.data.max_frames_per_batch,
                                                      cfg.data.max_utterances_per_batch, seed=0).all_batches()]

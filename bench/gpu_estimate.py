@@ -35,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TRAIN_UTTERANCES = 28539  # train-clean-100
+UTILISATION, RECURRENT_UTILISATION = 0.25, 0.10  # assumed shares of peak: the Conformer; LSTM/GRU families
+
+
+def assumed_utilisation(family: str, utilisation: float = UTILISATION,
+                        recurrent: float = RECURRENT_UTILISATION) -> float:
+    return recurrent if family in ("las", "ds2") else utilisation
 GPUS = (("T4", 65e12, "fp16"), ("P100", 18.7e12, "fp16"), ("A100", 312e12, "bf16"), ("H100", 990e12, "bf16"))
 QUANTILES = (0.2, 0.5, 0.8)
 class RecurrentCalls:
@@ -129,8 +135,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(GPU_PRESETS), help="comma-separated presets")
     parser.add_argument("--minutes", type=positive, default=660.0, help="training minutes of the session (default 660)")
-    parser.add_argument("--utilisation", type=positive, default=0.25, help="assumed share of peak, Conformer")
-    parser.add_argument("--recurrent-utilisation", type=positive, default=0.10,
+    parser.add_argument("--utilisation", type=positive, default=UTILISATION, help="assumed share of peak, Conformer")
+    parser.add_argument("--recurrent-utilisation", type=positive, default=RECURRENT_UTILISATION,
                         help="assumed share of peak, families with LSTM/GRU layers")
     args = parser.parse_args()
     import torch
@@ -146,7 +152,7 @@ def main() -> int:
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in presets:
         cfg, flops, rnn_share, padding = preset_estimate(name)
-        util = args.recurrent_utilisation if cfg.model.family in ("las", "ds2") else args.utilisation
+        util = assumed_utilisation(cfg.model.family, args.utilisation, args.recurrent_utilisation)
         epochs = [args.minutes * 60 * peak * util / (TRAIN_UTTERANCES * flops) for _, peak, _ in GPUS]
         lines.append(f"| {name} | {flops / 1e9:.1f} | {rnn_share:.0%} | {padding:.2f} | {util:.0%} | "
                      + " | ".join(f"{e:.1f}" for e in epochs) + " |")

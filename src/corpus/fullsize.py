@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -130,9 +129,9 @@ def _stamp(split: str, seed: int, scale: float, n: int) -> dict:
 
 
 def _write_stamp(folder: Path, stamp: dict) -> None:
-    tmp = folder / (STAMP_NAME + ".tmp")
-    tmp.write_text(json.dumps(stamp))
-    os.replace(tmp, folder / STAMP_NAME)
+    from src.atomic import write_text_atomic
+
+    write_text_atomic(folder / STAMP_NAME, json.dumps(stamp))
 
 
 def _read_stamp(folder: Path) -> dict | None:
@@ -159,8 +158,9 @@ def refuse_foreign(root: Path) -> None:
                             "stand-in made by this command; give another output folder")
 
 
-def write_split(root: Path, split: str, seed: int = 0, scale: float = 1.0, progress: bool = True) -> int:
-    """Write (or keep, when already made with these settings) one split; returns its utterances."""
+def _write_split(root: Path, split: str, seed: int, scale: float, progress: bool) -> int:
+    """Write (or keep, when already made with these settings) one split; returns its utterances.
+    make_fullsize has refused foreign files already: any files here are a stand-in's."""
     from tqdm import tqdm
 
     from src.data.features import save_npy_atomic
@@ -169,13 +169,9 @@ def write_split(root: Path, split: str, seed: int = 0, scale: float = 1.0, progr
     n, frames, chars = split_plan(split, seed, scale)
     folder = root / split
     stamp = _stamp(split, seed, scale, n)
-    old = _read_stamp(folder)
-    if old == stamp:
+    if _read_stamp(folder) == stamp:
         return n
-    files = _files(folder)
-    if files and old is None:
-        refuse_foreign(root)
-    for p in files:  # a stand-in made with other settings, or left half made
+    for p in _files(folder):  # a stand-in made with other settings, or left half made
         p.unlink()
     with_text = split not in WITHOUT_TRANSCRIPTS
     (folder / "mfcc").mkdir(parents=True, exist_ok=True)
@@ -203,7 +199,7 @@ def make_fullsize(root: str | Path, seed: int = 0, scale: float = 1.0, progress:
         raise UserError(f"--scale {scale}: needs 0 < scale <= 1 (a share of the competition's counts)")
     root = Path(root)
     refuse_foreign(root)  # before writing anything
-    return {split: write_split(root, split, seed, scale, progress) for split in SPLITS}
+    return {split: _write_split(root, split, seed, scale, progress) for split in SPLITS}
 
 
 def main(argv: list[str] | None = None) -> int:

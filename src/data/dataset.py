@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from src.errors import UserError, first_line
+from src.errors import UserError
 from src.vocab import PAD, TOKEN_TO_ID
 
 from .layout import (
@@ -162,7 +162,8 @@ class SpeechDataset(Dataset):
     def _read_features(self, i: int) -> np.ndarray:
         """(T, D) as stored. The array data is read straight from where the header said it starts (the
         header is parsed once, when the dataset is built: np.load would parse it again on every read);
-        a file that has changed size since then, or a column-major one, goes through np.load."""
+        a file that has changed size since then, a column-major one, or one that cannot be read goes
+        through np.load (load_npy, which says what is wrong)."""
         path = self.features_path(i)
         n, offset = int(self.frame_lengths[i]) * self.n_mels, int(self._data_offset[i])
         if offset >= 0:
@@ -170,9 +171,8 @@ class SpeechDataset(Dataset):
             try:
                 if os.path.getsize(path) == offset + n * dtype.itemsize:
                     return np.fromfile(path, dtype=dtype, count=n, offset=offset).reshape(-1, self.n_mels)
-            except OSError as err:
-                raise UserError(f"{path}: unreadable .npy file ({first_line(err)}); re-download or re-unzip the "
-                                "data, or remove the utterance") from None
+            except OSError:
+                pass
         x = load_npy(path)
         if x.ndim != 2 or x.shape[1] != self.n_mels:
             raise UserError(f"{path}: expected (T, {self.n_mels}) features, got shape {x.shape}; re-create the features")
