@@ -110,6 +110,9 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
     if refs is None:  # test-clean: the references synth wrote, in sorted file order
         with open(corpus / "test_reference.csv") as f:
             refs = [row["label"] for row in csv.DictReader(f)]
+    kinds = channel_kinds(corpus, split, dataset.names)
+    by_kind = {kind: {"utterances": len(idx), "cer_percent": round(100 * cer([hyps[i] for i in idx], [refs[i] for i in idx]), 2)}
+               for kind, idx in sorted(kinds.items())}
     return {
         "split": split,
         "decoder": (method if method == "greedy" else f"beam {beam_size}")
@@ -120,7 +123,25 @@ def score_split(checkpoint: Path, corpus: Path, split: str, method: str, beam_si
         "mean_levenshtein": round(mean_levenshtein(hyps, refs), 2),
         "cer_percent": round(100 * cer(hyps, refs), 2),
         "decode_seconds": round(seconds, 1),
+        **({"kinds": by_kind} if by_kind else {}),
     }
+
+
+def channel_kinds(corpus: Path, split: str, names: list[str]) -> dict[str, list[int]]:
+    """For a channel split (``CORPUS/<split>.tsv``: name, channel description): the indices of
+    ``names`` by channel kind, the description's first word (noise, telephone, reverb, reverb+noise);
+    {} for any other split."""
+    table = corpus / f"{split}.tsv"
+    if not table.is_file():
+        return {}
+    import csv
+
+    with open(table, newline="") as f:
+        kind_of = {row["name"]: row["channel"].split(":", 1)[0] for row in csv.DictReader(f, delimiter="\t")}
+    kinds: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        kinds.setdefault(kind_of.get(name, "unknown"), []).append(i)
+    return kinds
 
 
 def main() -> int:
@@ -238,6 +259,8 @@ def main() -> int:
     for r in rows:
         print(f"{r['split']:<19}{r['decoder']:<28}{r['utterances']:>6}{r['mean_levenshtein']:>10}"
               f"{r['cer_percent']:>8}{r['decode_seconds']:>10}{r['decode_seconds'] / max(1, r['utterances']):>7.2f}")
+        for kind, k in r.get("kinds", {}).items():  # the channel split, by kind of channel
+            print(f"{'  ' + kind:<19}{'':<28}{k['utterances']:>6}{'':>10}{k['cer_percent']:>8}")
     result = args.results or ("accuracy.json" if args.checkpoint == "best.pt"
                               else f"accuracy-{Path(args.checkpoint).stem}.json")
     (run_dir / result).write_text(json.dumps({"args": vars(args), "rows": rows, "host_before": load_before,

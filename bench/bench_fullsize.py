@@ -51,6 +51,7 @@ PARTS = ("startup", "pipeline", "need", "epoch", "test", "resume")
 SMALL = ["model.las.conv_channels=64", "model.las.listener_hidden=64", "model.las.attention_dim=64",
          "model.las.embedding_dim=64", "model.las.speller_hidden=128"]
 QUIET = ["logging.wandb=disabled"]
+TEST_BAR = r"^test-clean \(s of audio\):"  # test.py's decode bar (the data check's bars name the split too)
 WORKERS = (0, 1, 2, 4)
 NEED_GPUS = ("T4", "A100", "H100")
 
@@ -328,7 +329,7 @@ def part_test(data: Path, run_dir: Path) -> list[str]:
     rows = ["| python test.py | utterances | wall time (min) | s per utterance | peak main (GiB) |", "|---|---|---|---|---|",
             f"| {w.line(r'^test: ')[1].split('decoding: ', 1)[-1]} | {n} | {end / 60:.1f} | {end / n:.3f} | {main:.2f} |",
             "", f"test.py's line: {wrote[1]}",
-            "", f"Its progress bar (seconds of audio), {eta_at(w, r'test-clean', 0.1)}; {eta_at(w, r'test-clean', 0.5)}."]
+            "", f"Its progress bar (seconds of audio), {eta_at(w, TEST_BAR, 0.1)}; {eta_at(w, TEST_BAR, 0.5)}."]
     print("\n".join(rows), flush=True)
     return rows
 

@@ -61,3 +61,18 @@ def test_bench_voices_sums_edits_per_speaker(tmp_path):
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().count("\n") == 0 and "none.tsv" in missing.stderr
+
+
+def test_bench_accuracy_groups_the_channel_split_by_kind(tmp_path, monkeypatch):
+    """The channel rows by kind: an utterance's kind is the first word of its description in
+    CORPUS/<split>.tsv (as src.corpus.synth --channel writes it); a split without a table has none."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from bench_accuracy import channel_kinds
+
+    (tmp_path / "dev-clean-channel.tsv").write_text(
+        "name\tchannel\n1-1-0000\treverb: RT60 0.63 s\n1-1-0001\tnoise: pink, SNR 10.9 dB\n"
+        "1-1-0002\treverb+noise: RT60 0.72 s, pink SNR 18.3 dB\n1-1-0003\treverb: RT60 0.48 s\n")
+    names = ["1-1-0003", "1-1-0001", "1-1-0000", "1-1-0002", "9-9-0009"]
+    assert channel_kinds(tmp_path, "dev-clean-channel", names) == {
+        "reverb": [0, 2], "noise": [1], "reverb+noise": [3], "unknown": [4]}
+    assert channel_kinds(tmp_path, "dev-clean", names) == {}

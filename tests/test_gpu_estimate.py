@@ -57,3 +57,23 @@ def test_a_bad_number_is_a_one_line_error():
                           capture_output=True, text=True, timeout=60)
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert proc.returncode == 2 and len(errors) == 1 and "argument --utilisation" in errors[0], proc.stderr
+
+
+def test_launches_are_the_operators_that_are_not_views():
+    a, b = torch.randn(4, 6), torch.randn(6, 3)
+    with gpu_estimate.OperatorCount() as count:
+        c = (a * 2.0).view(6, 4).t()  # mul launches; view and t do not
+        torch.mm(c, b).sum()  # mm and sum launch
+    assert count.launches == 3
+
+
+def test_no_early_end_keeps_eos_out_until_the_expected_length():
+    from src.vocab import EOS, VOCAB
+
+    scorer = gpu_estimate.NoEarlyEnd(None, torch.tensor([3, 5]))
+    out = scorer.score(4)
+    assert out.shape == (2, len(VOCAB))
+    assert out[0, EOS] == 0.0 and out[1, EOS] == -1e4  # row 0 may end at 4 characters, row 1 not yet
+    assert int((out != 0).sum()) == 1  # nothing else changes
+    scorer.select(torch.tensor([1, 1, 0]), torch.tensor([7, 8, 9]))
+    assert scorer.expected.tolist() == [5, 5, 3]

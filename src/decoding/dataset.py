@@ -22,8 +22,9 @@ def decode_dataset(model, dataset, data_cfg, decoding_cfg, desc: str = "decode"
     refs: list[str | None] | None = [None] * len(dataset) if dataset.has_transcripts else None
     # progress in seconds of audio, not utterances: the loader goes shortest first, and a decode's time
     # grows with the audio, so the bar's estimate of the time left holds from the start
-    seconds = [round(float(n) * FRAME_SECONDS, 2) for n in dataset.frame_lengths]
-    done = 0
+    # (whole seconds, rounded on the running sum, so that the bar ends exactly at its total)
+    seconds = [float(n) * FRAME_SECONDS for n in dataset.frame_lengths]
+    done, heard = 0, 0.0
     with tqdm(total=round(sum(seconds)), desc=f"{desc} (s of audio)", unit="s", dynamic_ncols=True) as bar:
         for batch in loader:
             texts = decode_batch(model, batch, decoding_cfg)
@@ -33,7 +34,8 @@ def decode_dataset(model, dataset, data_cfg, decoding_cfg, desc: str = "decode"
                     refs[idx] = ids_to_text(batch.tokens[j].tolist())
             done += len(texts)
             bar.set_postfix_str(f"{done}/{len(dataset)} utt", refresh=False)
-            bar.update(sum(seconds[i] for i in batch.indices.tolist()))
+            before, heard = heard, heard + sum(seconds[i] for i in batch.indices.tolist())
+            bar.update(round(heard) - round(before))
     missing = sum(h is None for h in hyps)
     if missing:
         raise RuntimeError(f"decode_dataset: {missing} utterances were never decoded (sampler bug)")
