@@ -239,7 +239,9 @@ def decode_table(presets: list[str], utilisation: float, recurrent: float) -> li
         cfg, launches, flops, chars = decode_estimate(name)
         util = assumed_utilisation(cfg.model.family, utilisation, recurrent)
         seconds = [max(launches * LAUNCH_SECONDS, flops / (peak * util)) for _, peak, _ in GPUS]
-        lines.append(f"| {name} | {decoding_description(cfg.decoding)} | {chars:.0f} | {launches:,.0f} | "
+        decoder = decoding_description(cfg.decoding) if cfg.model.family != "ds2" else \
+            f"CTC prefix beam {cfg.decoding.beam_size}: the encoder only (the search runs in numba on the host)"
+        lines.append(f"| {name} | {decoder} | {chars:.0f} | {launches:,.0f} | "
                      f"{flops / 1e9:.2f} | " + " | ".join(f"{s:.3f} ({s * TEST_UTTERANCES / 60:.1f})" for s in seconds)
                      + " |")
         print(lines[-1], file=sys.stderr, flush=True)
