@@ -17,7 +17,8 @@ folder is used as it is, e.g. one made with ``--scale``). Parts:
   its loader workers, read from /proc every 0.2 s while the run starts and trains
   ``--train-seconds`` more. A worker's figure includes the pages it shares with the main process.
 - ``pipeline``: batches and utterances per second that the DataLoader alone delivers (reading,
-  per-utterance normalisation, padding, in the sampler's order) with 0, 1, 2 and 4 workers, for
+  per-utterance normalisation, padding, in the sampler's order; a GPU preset's loader as on CUDA,
+  where train.py leaves the normalisation to the device) with 0, 1, 2 and 4 workers, for
   the default batch caps and each preset's, over ``--pipeline-seconds`` after the first batch.
 - ``need``: what each GPU preset consumes on a T4, an A100 and an H100 by bench/gpu_estimate.py's
   FLOP estimate (its utilisations; not measured), in utterances and batches per second.
@@ -234,14 +235,20 @@ def part_startup(data: Path, work: Path, presets: list[str], train_seconds: floa
 def part_pipeline(data: Path, presets: list[str], seconds: float) -> list[str]:
     import dataclasses
 
+    import torch
+
     from src.data.dataset import SpeechDataset, make_loader
+    from src.training.setup import normalize_on_device
 
     rows = ["| settings | batch caps (utts / frames) | mean utts per batch | "
             + " | ".join(f"{w} workers: batches/s (utt/s)" for w in WORKERS) + " |",
             "|---|---|---|" + "---|" * len(WORKERS)]
     for preset in ["default", *presets]:
         cfg = settings(preset)
-        dataset = SpeechDataset(data, cfg.data.train_partition, n_mels=cfg.data.n_mels, normalize=cfg.data.normalize)
+        # a GPU preset's loader as on CUDA: the per-utterance normalisation left to the device
+        on_device = preset != "default" and normalize_on_device(cfg, torch.device("cuda"))
+        dataset = SpeechDataset(data, cfg.data.train_partition, n_mels=cfg.data.n_mels,
+                                normalize="none" if on_device else cfg.data.normalize)
         cells = []
         for workers in WORKERS:
             loader = make_loader(dataset, dataclasses.replace(cfg.data, num_workers=workers), shuffle=True,

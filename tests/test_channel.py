@@ -82,3 +82,33 @@ def test_training_with_a_channel_runs_and_differs_from_without(tmp_path):
     noisy, _ = final_weights(tiny_config(corpus, tmp_path / "noisy", "training.epochs=1", "training.channel.prob=1"))
     assert all(torch.isfinite(v).all() for v in noisy.values() if v.is_floating_point())
     assert any(not torch.equal(plain[k], noisy[k]) for k in plain)
+
+
+def test_batches_are_normalised_on_the_device_after_a_channel_or_on_cuda():
+    """setup.normalize_on_device: the loader leaves the normalisation to the device when a channel comes
+    first, or on CUDA (the loader's CPU is what a fast GPU waits for); never with data.normalize=none."""
+    from src.config import load_config
+    from src.training.setup import normalize_on_device
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert not normalize_on_device(load_config("config.yaml", []), cpu)
+    assert normalize_on_device(load_config("config.yaml", []), cuda)
+    assert normalize_on_device(load_config("config.yaml", ["training.channel.prob=0.5"]), cpu)
+    assert not normalize_on_device(load_config("config.yaml", ["data.normalize=none"]), cuda)
+
+
+def test_training_with_normalisation_on_the_device_matches_the_loaders(tmp_path, monkeypatch):
+    """The same run with the batches normalised by normalize_batch instead of the loader ends at nearly the
+    same weights (the two differ only in float rounding)."""
+    import src.training.setup as setup
+    from test_resume import final_weights, make_corpus, tiny_config
+
+    corpus = make_corpus(tmp_path / "corpus")
+    loader, _ = final_weights(tiny_config(corpus, tmp_path / "loader", "training.epochs=1"))
+    monkeypatch.setattr(setup, "normalize_on_device", lambda cfg, device: True)
+    device, _ = final_weights(tiny_config(corpus, tmp_path / "device", "training.epochs=1"))
+    assert loader.keys() == device.keys()
+    assert any(not torch.equal(device[k], loader[k]) for k in loader)  # the other path ran
+    for k in loader:
+        if loader[k].is_floating_point():
+            torch.testing.assert_close(device[k], loader[k], atol=2e-3, rtol=1e-3)

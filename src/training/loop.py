@@ -82,11 +82,10 @@ def train_step(run: Run, batch, options: dict, elapsed: float) -> tuple[Any, flo
     lr = lr_for_step(run, state.global_step, elapsed)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    if run.channel is not None:  # another channel on the log-mel features, then the normalisation the loader skipped
-        features = run.channel(batch.features, batch.feature_lens)
-        if run.cfg.data.normalize == "utterance":
-            features = normalize_batch(features, batch.feature_lens)
-        batch = dataclasses.replace(batch, features=features)
+    if run.channel is not None:  # another channel on the log-mel features, before their normalisation
+        batch = dataclasses.replace(batch, features=run.channel(batch.features, batch.feature_lens))
+    if run.normalize_batches:  # the per-utterance normalisation the loader left to the device
+        batch = dataclasses.replace(batch, features=normalize_batch(batch.features, batch.feature_lens))
     with autocast(run.device, run.amp_dtype):
         if run.specaugment is not None:
             strength, perturb = augmentation_strength(run, state.global_step, elapsed)

@@ -48,7 +48,15 @@ def make_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=(0.9, 0.98), eps=1e-8, fused=fused or None)
 
 
-def _load_data(cfg: Config, info: dist_utils.DistInfo, seconds: dict[str, float]):
+def normalize_on_device(cfg: Config, device: torch.device) -> bool:
+    """Whether the training batches leave the loader unnormalised, to be normalised per utterance where the
+    model runs (src/training/loop.py: normalize_batch): after ``training.channel``, which works on the
+    features before their normalisation, and on CUDA, where the loader's workers (the CPU) are what a
+    fast GPU waits for (RESULTS.md, the full size: a third of a worker's time per utterance)."""
+    return cfg.data.normalize == "utterance" and (channel_needed(cfg.training.channel) or device.type == "cuda")
+
+
+def _load_data(cfg: Config, info: dist_utils.DistInfo, seconds: dict[str, float], on_device: bool = False):
     """(root, train set, dev set); ``seconds`` gets how long the data check and the indexing took."""
     began = time.monotonic()
     root = resolve_data_root(cfg.data)
@@ -59,9 +67,8 @@ def _load_data(cfg: Config, info: dist_utils.DistInfo, seconds: dict[str, float]
         seconds["data check"] = time.monotonic() - began
     began = time.monotonic()
     kwargs = dict(n_mels=cfg.data.n_mels, normalize=cfg.data.normalize, in_memory=cfg.data.in_memory)
-    # with training.channel the training batches are normalised after the channel (src/training/loop.py)
-    train_set = SpeechDataset(root, cfg.data.train_partition,
-                              **{**kwargs, "normalize": "none"} if channel_needed(cfg.training.channel) else kwargs)
+    # normalised where the model runs (normalize_on_device), or by the loader
+    train_set = SpeechDataset(root, cfg.data.train_partition, **{**kwargs, "normalize": "none"} if on_device else kwargs)
     dev_set = SpeechDataset(root, cfg.data.dev_partition, **kwargs)
     if len(train_set) < info.world_size:
         raise UserError(f"{root}: {cfg.data.train_partition} has {len(train_set)} utterances, "
@@ -91,7 +98,7 @@ def setup_run(cfg: Config) -> Run:
     warn = WarnOnce()
 
     startup = {"began": time.monotonic()}  # seconds per phase, said after the first step (Run.note_first_step)
-    root, train_set, dev_set = _load_data(cfg, info, startup)
+    root, train_set, dev_set = _load_data(cfg, info, startup, normalize_on_device(cfg, device))
     began = time.monotonic()
     seed_everything(cfg.training.seed)  # same initial weights on every rank
     model = build_model(cfg.model, cfg.data.n_mels, len(VOCAB)).to(device)
@@ -126,7 +133,8 @@ def setup_run(cfg: Config) -> Run:
               run_dir=run_dir, state=state, steps_per_epoch=steps_per_epoch, warn=warn,
               minutes_at_start=state.elapsed_minutes,
               loss_options=type(model).loss_options(cfg.training) if hasattr(model, "loss_options") else {},
-              hooks=hooks_for(model, cfg.training, state.hooks), startup=startup)
+              hooks=hooks_for(model, cfg.training, state.hooks), startup=startup,
+              normalize_batches=normalize_on_device(cfg, device))
     run.sync_hook_state()
     if specaugment_needed(cfg.training.specaugment):
         run.specaugment = SpecAugment(cfg.training.specaugment).to(device)

@@ -137,7 +137,8 @@ class Run:
     log: RunLog | None = None
     warn: WarnOnce = field(default_factory=WarnOnce)
     specaugment: nn.Module | None = None
-    channel: nn.Module | None = None  # training.channel (src/data/augment.py); the batches come unnormalised then
+    channel: nn.Module | None = None  # training.channel (src/data/augment.py)
+    normalize_batches: bool = False  # the loader's batches come unnormalised (setup.normalize_on_device)
     session_start: float = field(default_factory=time.monotonic)
     minutes_at_start: float = 0.0
     startup: dict = field(default_factory=dict)  # set-up's clock readings and phases, until the first step says them
