@@ -425,3 +425,51 @@ def test_bundled_sample_loads():
     assert [f"{n}.npy" for n in test.names] == sorted(os.listdir(SAMPLE / "test-clean" / "mfcc"))
     loader = make_loader(test, DataConfig(num_workers=0), shuffle=False, seed=0)
     assert sorted(i for b in loader for i in b.indices.tolist()) == list(range(len(test)))
+
+
+def test_transcripts_read_without_np_load_match_np_load_or_step_aside(tmp_path):
+    """read_transcript_ids against transcript_ids(np.load(...)): the same ids for every well-formed str
+    transcript (any element width, .npy version 1 or 2); None for anything else, which the np.load
+    path then reads or rejects with its own message."""
+    from numpy.lib import format as npy_format
+
+    from src.data.dataset import read_transcript_ids, transcript_ids
+
+    def saved(name, arr, version=None):
+        path = tmp_path / f"{name}.npy"
+        if version is None:
+            np.save(path, arr)
+        else:
+            with open(path, "wb") as f:
+                npy_format.write_array(f, arr, version=version)
+        return path
+
+    chars = list("IT'S A TEST")
+    good = {
+        "plain": np.array(["<sos>", *chars, "<eos>"]),
+        "wider": np.array(["<sos>", *chars, "<eos>"], dtype="<U9"),
+        "one character": np.array(["<sos>", "Z", "<eos>"]),
+    }
+    for name, arr in good.items():
+        for version in (None, (2, 0)):
+            path = saved(f"{name}-{version}", arr, version)
+            ids = read_transcript_ids(path)
+            assert ids is not None and ids.dtype == np.int64, name
+            np.testing.assert_array_equal(ids, transcript_ids(np.load(path), path))
+    other = {
+        "object dtype": np.array(["<sos>", "A", "<eos>"], dtype=object),
+        "bytes": np.array([b"<sos>", b"A", b"<eos>"]),
+        "lower case": np.array(["<sos>", "a", "<eos>"]),
+        "two characters in one element": np.array(["<sos>", "AB", "<eos>"]),
+        "no <eos>": np.array(["<sos>", "A", "B"]),
+        "no characters": np.array(["<sos>", "<eos>"]),
+        "2-D": np.array([["<sos>", "A", "<eos>"]]),
+        "outside ASCII": np.array(["<sos>", "\u00c9", "<eos>"]),
+        "empty element": np.array(["<sos>", "", "<eos>"]),
+    }
+    for name, arr in other.items():
+        assert read_transcript_ids(saved(name, arr)) is None, name
+    truncated = saved("truncated", good["plain"])
+    truncated.write_bytes(truncated.read_bytes()[:-4])
+    assert read_transcript_ids(truncated) is None
+    assert read_transcript_ids(tmp_path / "missing.npy") is None
