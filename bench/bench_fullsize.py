@@ -90,7 +90,7 @@ class Watched:
     def _poll(self) -> None:
         while self.proc.poll() is None:
             for pid in [self.proc.pid, *descendants(self.proc.pid)]:
-                hwm = vm_hwm_kb(pid)
+                hwm = status_kb(pid)
                 if hwm:
                     self.peaks[pid] = max(self.peaks.get(pid, 0), hwm)
             time.sleep(0.2)
@@ -146,10 +146,11 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def vm_hwm_kb(pid: int) -> int:
+def status_kb(pid: int, field: str = "VmHWM") -> int:
+    """A memory field of /proc/PID/status in kB (VmHWM: the peak resident set; VmRSS: now); 0 if unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError):
         pass

@@ -189,7 +189,8 @@ class NoEarlyEnd:
 
 
 def decode_estimate(name: str):
-    """(config, launches per utterance, FLOPs per utterance, characters per utterance) of test.py's decoding
+    """(config, launches per utterance, FLOPs per utterance, characters per utterance, whether the model has a
+    step decoder (beam search in torch; else its CTC search runs in numba, not counted)) of test.py's decoding
     with preset ``name``: the mean over three batches of test-clean-shaped utterances (see --decode)."""
     import numpy as np
     import torch
@@ -224,7 +225,7 @@ def decode_estimate(name: str):
         launches.append(count.launches / n)
         flops.append(counter.get_total_flops() / n)
         chars.append(float(expected.float().mean()))
-    return cfg, float(np.mean(launches)), float(np.mean(flops)), float(np.mean(chars))
+    return cfg, float(np.mean(launches)), float(np.mean(flops)), float(np.mean(chars)), is_step_decoder(model)
 
 
 def decode_table(presets: list[str], utilisation: float, recurrent: float) -> list[str]:
@@ -236,10 +237,10 @@ def decode_table(presets: list[str], utilisation: float, recurrent: float) -> li
     from src.decoding import decoding_description
 
     for name in presets:
-        cfg, launches, flops, chars = decode_estimate(name)
+        cfg, launches, flops, chars, step = decode_estimate(name)
         util = assumed_utilisation(cfg.model.family, utilisation, recurrent)
         seconds = [max(launches * LAUNCH_SECONDS, flops / (peak * util)) for _, peak, _ in GPUS]
-        decoder = decoding_description(cfg.decoding) if cfg.model.family != "ds2" else \
+        decoder = decoding_description(cfg.decoding) if step else \
             f"CTC prefix beam {cfg.decoding.beam_size}: the encoder only (the search runs in numba on the host)"
         lines.append(f"| {name} | {decoder} | {chars:.0f} | {launches:,.0f} | "
                      f"{flops / 1e9:.2f} | " + " | ".join(f"{s:.3f} ({s * TEST_UTTERANCES / 60:.1f})" for s in seconds)

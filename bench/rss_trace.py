@@ -13,20 +13,9 @@ import argparse
 import re
 import time
 
-from bench_fullsize import Watched  # bench/, this script's folder, is on sys.path
+from bench_fullsize import Watched, status_kb  # bench/, this script's folder, is on sys.path
 
 LINES = r"(start-up|epoch \d+/\d+ |done|resumed|attention|best\.pt on|wrote)"
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def main() -> int:
@@ -36,7 +25,7 @@ def main() -> int:
     w = Watched(argv)
     series = []
     while w.proc.poll() is None:
-        series.append((time.monotonic() - w.began, rss_kb(w.proc.pid)))
+        series.append((time.monotonic() - w.began, status_kb(w.proc.pid, "VmRSS")))
         time.sleep(0.5)
     rc = w.finish()
     if not series:

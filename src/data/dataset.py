@@ -10,9 +10,7 @@ data) and loads one file per item, so 132k utterances cost a few MB of RAM.
 """
 from __future__ import annotations
 
-import functools
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -23,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from src.errors import UserError
-from src.vocab import CHARACTERS, EOS, PAD, SOS, TOKEN_TO_ID
+from src.vocab import PAD, TOKEN_TO_ID
 
 from .layout import (
     FEATURE_DTYPES,
@@ -34,6 +32,7 @@ from .layout import (
     load_npy,
     partition_folders,
     read_headers,
+    read_transcript_ids,
     transcript_problem,
     transcript_strings,
 )
@@ -48,54 +47,6 @@ def transcript_ids(arr: np.ndarray, path: str | Path = "transcript") -> np.ndarr
     if problem is not None:
         raise UserError(f"{path}: {problem}")
     return np.array([TOKEN_TO_ID[t] for t in transcript_strings(arr)], dtype=np.int64)
-
-
-# the header np.save writes for a 1-D array of str: {'descr': '<U5', 'fortran_order': False, 'shape': (189,), }
-_STR_HEADER = re.compile(rb"\{'descr': '<U(\d+)', 'fortran_order': False, 'shape': \((\d+),\), \} *\n")
-_CODE_TO_ID = np.full(128, -1, dtype=np.int64)  # code point of a vocabulary character -> its id
-_CODE_TO_ID[[ord(c) for c in CHARACTERS]] = [TOKEN_TO_ID[c] for c in CHARACTERS]
-
-
-@functools.lru_cache(maxsize=16)
-def _code_points(token: str, width: int) -> bytes:
-    """``token`` as a <U``width`` element's bytes (UTF-32 little-endian code points, zero-padded)."""
-    return np.array([ord(c) for c in token] + [0] * (width - len(token)), dtype="<u4").tobytes()
-
-
-def read_transcript_ids(path: str | Path) -> np.ndarray | None:
-    """Token ids ``[SOS, c1..cn, EOS]`` (int64, (U,)) of a well-formed transcript file, read without np.load:
-    the file in one read, its header matched against the one np.save writes for a str array, the
-    characters mapped by code point. None for anything else (another dtype or layout, a character
-    outside the vocabulary, a missing <sos>/<eos>, a short file): :func:`transcript_ids` of
-    ``load_npy`` then says what is wrong. The training loader reads one transcript per utterance per
-    epoch, and np.load's header parsing was most of that time."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    if raw[:6] != b"\x93NUMPY" or len(raw) < 12:
-        return None
-    start = 10 if raw[6] == 1 else 12  # version 1: 2-byte header length; 2 and 3: 4 bytes
-    length = int.from_bytes(raw[8:start], "little")
-    m = _STR_HEADER.fullmatch(raw[start : start + length])
-    if m is None:
-        return None
-    width, n = int(m.group(1)), int(m.group(2))
-    offset = start + length
-    if n < 3 or width < 5 or len(raw) != offset + 4 * width * n:
-        return None
-    row = 4 * width  # bytes per element
-    if raw[offset : offset + row] != _code_points("<sos>", width) or raw[-row:] != _code_points("<eos>", width):
-        return None
-    codes = np.frombuffer(raw, dtype="<u4", count=width * n, offset=offset).reshape(n, width)  # (U, width)
-    middle = codes[1:-1]  # (U - 2, width): one character each, the rest of each row zero
-    if middle[:, 1:].any() or (middle[:, 0] >= 128).any():
-        return None
-    ids = _CODE_TO_ID[middle[:, 0]]
-    if (ids < 0).any():
-        return None
-    return np.concatenate([[SOS], ids, [EOS]])
 
 
 def normalize_utterance(x: np.ndarray, eps: float = NORMALIZE_EPS) -> np.ndarray:
