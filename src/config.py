@@ -35,7 +35,7 @@ class DataConfig:
               "max_utterances_per_batch": "[1, 1000000]", "num_workers": "auto | [0, 256]"}  # what each setting accepts (check_ranges)
 
     root: str = DEFAULT_DATA_ROOT  # competition layout; the bundled sample if absent
-    train_partition: str = "train-clean-100"  # or train-clean-360, train-clean-460
+    train_partition: str = "train-clean-100"  # or train-clean-360, train-clean-460, train-clean-100+augmented
     dev_partition: str = "dev-clean"  # scored after every epoch
     test_partition: str = "test-clean"  # decoded by test.py into the submission
     n_mels: int = 28  # feature dimension D

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data.features import N_MELS, load_audio, log_mel, save_npy_atomic
+from src.corpus.degrade import augment_options, augmented_name, degrade
 from src.corpus.pool import run_jobs
 from src.corpus.text import UNMAPPABLE, normalize_text
 from src.atomic import write_text_atomic
@@ -211,6 +212,8 @@ class Settings:
     n_mels: int
     dtype: str
     max_seconds: float  # 0 = no limit
+    augment: int = 0  # training splits: this many degraded copies of each utterance (src.corpus.degrade)
+    noise_files: tuple[str, ...] = ()  # recordings the copies may draw their noise from
 
 
 def output_paths(out: str | Path, item: Item) -> tuple[Path, Path]:
@@ -219,10 +222,20 @@ def output_paths(out: str | Path, item: Item) -> tuple[Path, Path]:
     return split_dir / "mfcc" / f"{item.name}.npy", split_dir / "transcripts" / f"{item.name}.npy"
 
 
-def is_done(out: str | Path, item: Item) -> bool:
-    """Both files exist (features are written last, atomically, so they mean 'complete')."""
-    feats, trans = output_paths(out, item)
-    return feats.is_file() and trans.is_file()
+def augmented_items(item: Item, augment: int) -> list[Item]:
+    """The ``augment`` degraded copies of a training utterance, as items of SPLIT-augmented named
+    NAME-aK (none for dev and test splits)."""
+    if not item.split.startswith("train-"):
+        return []
+    return [Item(f"{item.split}-augmented", augmented_name(item.name, k), item.audio, item.text)
+            for k in range(1, augment + 1)]
+
+
+def is_done(out: str | Path, item: Item, augment: int = 0) -> bool:
+    """Both files exist, for the utterance and each of its ``augment`` copies (features are written
+    last, atomically, so they mean 'complete')."""
+    return all(feats.is_file() and trans.is_file()
+               for feats, trans in (output_paths(out, it) for it in [item, *augmented_items(item, augment)]))
 
 
 def prepare_one(item: Item, settings: Settings) -> tuple[str, float, str | None]:
@@ -242,10 +255,16 @@ def prepare_one(item: Item, settings: Settings) -> tuple[str, float, str | None]
     seconds = wave.size / sr
     if settings.max_seconds > 0 and seconds > settings.max_seconds:
         return item.split, 0.0, TOO_LONG
-    feats = log_mel(wave, sr, settings.n_mels).astype(settings.dtype)  # (T, D)
-    feats_path, trans_path = output_paths(settings.out, item)
-    save_npy_atomic(trans_path, np.array(["<sos>", *item.text, "<eos>"]))  # (U,)
-    save_npy_atomic(feats_path, feats)  # last: its presence means done
+    for k, it in enumerate([item, *augmented_items(item, settings.augment)]):
+        if k:  # a copy: degraded by a generator seeded by its name, so a rerun makes the same copy
+            rng = np.random.default_rng([zlib.crc32(it.name.encode("utf-8")), 2])
+            wave_k, _ = degrade(wave, sr, rng, settings.noise_files)
+        else:
+            wave_k = wave
+        feats = log_mel(wave_k, sr, settings.n_mels).astype(settings.dtype)  # (T, D)
+        feats_path, trans_path = output_paths(settings.out, it)
+        save_npy_atomic(trans_path, np.array(["<sos>", *it.text, "<eos>"]))  # (U,)
+        save_npy_atomic(feats_path, feats)  # last: its presence means done
     return item.split, seconds, None
 
 
@@ -274,30 +293,39 @@ class Summary:
 
 
 def prepare(fmt: str, src: str | Path, out: str | Path, *, n_mels: int = N_MELS, workers: int = 1,
-            dtype: str = "float32", max_seconds: float = 40.0, progress: bool = True) -> Summary:
-    """Prepare every utterance of ``src`` into ``out``; keeps what is already there."""
+            dtype: str = "float32", max_seconds: float = 40.0, progress: bool = True, augment: int = 0,
+            noise_dir: str | Path | None = None) -> Summary:
+    """Prepare every utterance of ``src`` into ``out``; keeps what is already there. ``augment``: also
+    that many degraded copies of each training utterance (:mod:`src.corpus.degrade`) into
+    SPLIT-augmented, mixed with noise from ``noise_dir``'s recordings among other sources."""
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype: expected float16 or float32, got '{dtype}'")
     if n_mels < 1:
         raise UserError(f"--n-mels: expected a positive number, got {n_mels}")
+    noise_files = augment_options(augment, noise_dir)
     items = find_items(fmt, src)
     out = Path(out)
-    for split in sorted({it.split for it in items}):
+    splits = {it.split for it in items} | {c.split for it in items for c in augmented_items(it, min(augment, 1))}
+    for split in sorted(splits):
         for sub in ("mfcc", "transcripts"):
             folder = out / split / sub
             folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob("*.tmp"):  # left by an interrupted run
                 stale.unlink()
-    todo = [it for it in items if not is_done(out, it)]
+    todo = [it for it in items if not is_done(out, it, augment)]
     summary = Summary(written=Counter(), seconds=0.0, already_done=len(items) - len(todo), skipped=Counter())
     skipped_items: list[tuple[Item, str]] = []
-    settings = Settings(out=str(out), n_mels=n_mels, dtype=dtype, max_seconds=max_seconds)
+    settings = Settings(out=str(out), n_mels=n_mels, dtype=dtype, max_seconds=max_seconds, augment=augment,
+                        noise_files=noise_files)
     tasks = [(it, settings) for it in todo]
     with run_jobs(_run, tasks, workers=workers, chunksize=8, desc="prepare", progress=progress) as results:
         for split, seconds, reason, item in results:
             if reason is None:
                 summary.written[split] += 1
                 summary.seconds += seconds
+                for copy in augmented_items(item, augment):
+                    summary.written[copy.split] += 1
+                    summary.seconds += seconds
             else:
                 summary.skipped[reason] += 1
                 skipped_items.append((item, reason))
@@ -325,9 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", help="float32 (default) or float16 (half the disk)")
     parser.add_argument("--max-seconds", type=float, default=40.0,
                         help="skip longer recordings as 'too long' (default 40; 0 = no limit)")
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="also N degraded copies of each training utterance (a room, a line or noise; "
+                             "src/corpus/degrade.py) into SPLIT-augmented; train on both with "
+                             "data.train_partition=train-clean-100+augmented (default 0: none)")
+    parser.add_argument("--noise-dir", default=None, metavar="DIR",
+                        help="with --augment: noise recordings (wav, flac, ogg, mp3; e.g. MUSAN's noise/) "
+                             "the copies may be mixed with")
     args = parser.parse_args(argv)
     summary = prepare(args.format, args.src, args.out, n_mels=args.n_mels, workers=args.workers,
-                      dtype=args.dtype, max_seconds=args.max_seconds,
+                      dtype=args.dtype, max_seconds=args.max_seconds, augment=args.augment, noise_dir=args.noise_dir,
                       progress=sys.stderr.isatty())  # off a terminal: no bar, so an error stays one line
     print(summary.line(args.out))
     if not summary.written and not summary.already_done:

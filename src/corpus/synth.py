@@ -76,6 +76,7 @@ import numpy as np
 
 from src.data.features import N_MELS, log_mel, save_npy_atomic
 from src.corpus.channels import add_noise, through_channel
+from src.corpus.degrade import augment_options, augmented_name, degrade
 from src.corpus.pool import run_jobs
 from src.corpus.text import FORTUNES_DIR, SENTENCE_END, normalize_text
 from src.atomic import write_text_atomic
@@ -560,28 +561,46 @@ class Settings:
     noise_snr: float | None
     n_mels: int
     channel: bool = False  # each utterance through a channel of src.corpus.channels
+    augment: int = 0  # instead: this many copies of each utterance, each degraded by src.corpus.degrade
+    noise_files: tuple[str, ...] = ()  # recordings src.corpus.degrade may draw its noise from
 
 
-def synthesize_one(job: Job, settings: Settings) -> tuple[str, float, str, str]:
-    """Synthesise, featurise and write one utterance: (split, seconds of audio, name, its channel or '')."""
+def write_utterance(out: str | Path, split: str, name: str, text: str | None, feats: np.ndarray) -> None:
+    """OUT/SPLIT/mfcc/NAME.npy and, unless ``text`` is None, OUT/SPLIT/transcripts/NAME.npy (atomically)."""
+    split_dir = Path(out) / split
+    if text is not None:
+        tokens = np.array(["<sos>", *text, "<eos>"])  # (U,) single characters
+        save_npy_atomic(split_dir / "transcripts" / f"{name}.npy", tokens)
+    save_npy_atomic(split_dir / "mfcc" / f"{name}.npy", feats)  # last: its presence means done
+
+
+def synthesize_one(job: Job, settings: Settings) -> tuple[str, float, list[tuple[str, str]]]:
+    """Synthesise, featurise and write one utterance (or its ``settings.augment`` degraded copies, into
+    ``job.split``-augmented): (split written, seconds of audio written, [(name, what was done or '')])."""
     wave, sr = speak(job)
     if settings.noise_snr is not None:
         rng = np.random.default_rng([settings.seed, zlib.crc32(job.name.encode())])
         wave = add_noise(wave, settings.noise_snr, rng)
+    text = None if job.split in NO_TRANSCRIPTS else job.text
+    if settings.augment:
+        split, written = f"{job.split}-augmented", []
+        for copy in range(1, settings.augment + 1):
+            rng = np.random.default_rng([settings.seed, zlib.crc32(job.name.encode()), 2, copy])
+            degraded, drawn = degrade(wave, sr, rng, settings.noise_files)
+            name = augmented_name(job.name, copy)
+            write_utterance(settings.out, split, name, text, log_mel(degraded, sr, settings.n_mels).astype(settings.dtype))
+            written.append((name, drawn))
+        return split, settings.augment * wave.size / sr, written
     channel = ""
     if settings.channel:
         rng = np.random.default_rng([settings.seed, zlib.crc32(job.name.encode()), 1])
         wave, sr, channel = through_channel(wave, sr, rng)
     feats = log_mel(wave, sr, settings.n_mels).astype(settings.dtype)  # (T, D)
-    split_dir = Path(settings.out) / job.split
-    if job.split not in NO_TRANSCRIPTS:
-        tokens = np.array(["<sos>", *job.text, "<eos>"])  # (U,) single characters
-        save_npy_atomic(split_dir / "transcripts" / f"{job.name}.npy", tokens)
-    save_npy_atomic(split_dir / "mfcc" / f"{job.name}.npy", feats)  # last: its presence means done
-    return job.split, wave.size / sr, job.name, channel
+    write_utterance(settings.out, job.split, job.name, text, feats)
+    return job.split, wave.size / sr, [(job.name, channel)]
 
 
-def _run_job(args: tuple[Job, Settings]) -> tuple[str, float, str, str]:
+def _run_job(args: tuple[Job, Settings]) -> tuple[str, float, list[tuple[str, str]]]:
     return synthesize_one(*args)
 
 
@@ -613,47 +632,66 @@ def write_metadata(out: Path, jobs: list[Job]) -> None:
 
 def synthesize_corpus(out: str | Path, counts: dict[str, int], *, seed: int = DEFAULT_SEED, workers: int = 1,
                       noise_snr: float | None = None, dtype: str = "float32", n_mels: int = N_MELS,
-                      progress: bool = True, channel: str | None = None,
-                      **plan_options) -> dict[str, tuple[int, float]]:
+                      progress: bool = True, channel: str | None = None, augment: int = 0,
+                      noise_dir: str | Path | None = None, **plan_options) -> dict[str, tuple[int, float]]:
     """Write the corpus; returns {split: (utterances, hours)}. Refuses to write into existing splits.
 
     ``channel``: write only that split's utterances again, each through a channel of
     :mod:`src.corpus.channels`, as ``<channel>-channel`` (the channels drawn: ``<channel>-channel.tsv``).
+    ``augment``: write only ``augment`` degraded copies (:mod:`src.corpus.degrade`) of each training
+    utterance, as ``<split>-augmented`` (what was done: ``<split>-augmented.tsv``); ``noise_dir``: a
+    folder of noise recordings the copies may also draw from.
     """
     out = Path(out)
     if dtype not in ("float16", "float32"):
         raise UserError(f"--dtype: expected float16 or float32, got '{dtype}'")
+    if augment and channel is not None:
+        raise UserError("--augment and --channel: give one of them; each writes a split of its own")
+    noise_files = augment_options(augment, noise_dir)
     jobs = plan_corpus(counts, seed, **plan_options)
     if channel is not None:
         jobs = [dataclasses.replace(j, split=f"{channel}-channel") for j in jobs if j.split == channel]
         if not jobs:
             raise UserError(f"--channel {channel}: no such split in the corpus planned; use one of {', '.join(counts)}")
         _check_same_plan(out / channel, jobs)
-    for split in {j.split for j in jobs}:
+    written = {j.split for j in jobs}
+    if augment:
+        jobs = [j for j in jobs if j.split.startswith("train-")]
+        if not jobs:
+            raise UserError(f"--augment: no training split in the corpus planned ({', '.join(counts)}); "
+                            "add train-clean-100=N to --counts")
+        for split in {j.split for j in jobs}:
+            _check_same_plan(out / split, [j for j in jobs if j.split == split])
+        written = {f"{j.split}-augmented" for j in jobs}
+    for split in written:
         mfcc = out / split / "mfcc"
         if mfcc.is_dir() and any(mfcc.iterdir()):
-            remove = out if channel is None else out / split
+            remove = out if channel is None and not augment else out / split
             raise UserError(f"{mfcc}: already has files; remove {remove} first or choose another OUT")
-    for split in {j.split for j in jobs}:
+    for split in written:
         (out / split / "mfcc").mkdir(parents=True, exist_ok=True)
         if split not in NO_TRANSCRIPTS:
             (out / split / "transcripts").mkdir(parents=True, exist_ok=True)
     settings = Settings(out=str(out), seed=seed, dtype=dtype, noise_snr=noise_snr, n_mels=n_mels,
-                        channel=channel is not None)
+                        channel=channel is not None, augment=augment, noise_files=noise_files)
     tasks = [(job, settings) for job in jobs]
-    totals = {s: [0, 0.0] for s in dict.fromkeys(j.split for j in jobs)}  # in SPLITS order
-    channels = {}
+    totals: dict[str, list] = {}
+    drawn: dict[str, dict[str, str]] = {}  # split -> name -> what was done to it
     with run_jobs(_run_job, tasks, workers=workers, chunksize=4, desc="synth", progress=progress) as results:
-        for split, seconds, name, drawn in results:
-            totals[split][0] += 1
-            totals[split][1] += seconds / 3600.0
-            channels[name] = drawn
-    if channel is None:
+        for split, seconds, names in results:
+            total = totals.setdefault(split, [0, 0.0])
+            total[0] += len(names)
+            total[1] += seconds / 3600.0
+            drawn.setdefault(split, {}).update(names)
+    if channel is None and not augment:
         write_metadata(out, jobs)
     else:
-        write_text_atomic(out / f"{channel}-channel.tsv",
-                          "name\tchannel\n" + "".join(f"{n}\t{channels[n]}\n" for n in sorted(channels)))
-    return {s: (n, h) for s, (n, h) in totals.items()}
+        column = "channel" if channel is not None else "augmentation"
+        for split, names in drawn.items():
+            write_text_atomic(out / f"{split}.tsv",
+                              f"name\t{column}\n" + "".join(f"{n}\t{names[n]}\n" for n in sorted(names)))
+    order = [*SPLITS, *(f"{s}-augmented" for s in SPLITS)]
+    return {s: tuple(totals[s]) for s in sorted(totals, key=lambda s: order.index(s) if s in order else len(order))}
 
 
 def _check_same_plan(split_dir: Path, jobs: list[Job]) -> None:
@@ -706,6 +744,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="write only SPLIT-channel: the same corpus' SPLIT utterances again, each through a "
                              "room, a telephone line or noise (src/corpus/channels.py); give the options that "
                              "made OUT")
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="write only TRAIN-augmented: N copies of each training utterance, each through a "
+                             "room, a line or noise unlike the evaluation channels (src/corpus/degrade.py); "
+                             "give the options that made OUT, then train with "
+                             "data.train_partition=train-clean-100+augmented")
+    parser.add_argument("--noise-dir", default=None, metavar="DIR",
+                        help="with --augment: noise recordings (wav, flac, ogg, mp3) the copies may be mixed with")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset] if args.preset else {}
@@ -723,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = args.dtype or preset.get("dtype", "float32")
     plan_options = {k: preset[k] for k in ("shared_voices", "english_only", "max_words", "paragraphs") if k in preset}
     totals = synthesize_corpus(args.out, counts, seed=seed, workers=args.workers, noise_snr=args.noise,
-                               dtype=dtype, n_mels=args.n_mels, channel=args.channel, **plan_options)
+                               dtype=dtype, n_mels=args.n_mels, channel=args.channel, augment=args.augment,
+                               noise_dir=args.noise_dir, **plan_options)
     parts = [f"{s} {n} utt {h:.2f} h" for s, (n, h) in totals.items()]
     n_all = sum(n for n, _ in totals.values())
     h_all = sum(h for _, h in totals.values())

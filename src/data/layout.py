@@ -7,7 +7,8 @@
       dev-clean/...                        same
       test-clean/mfcc/*.npy                features only
 
-"train-clean-460" is no folder: it is train-clean-100 and train-clean-360 together.
+"train-clean-460" is no folder: it is train-clean-100 and train-clean-360 together;
+"train-clean-100+augmented" is train-clean-100 and its degraded copies in train-clean-100-augmented.
 The ``*_problem`` functions define a valid features file / transcript; both the
 dataset and ``src.data.check`` use them. Only numpy here (no torch), so the
 checker starts fast.
@@ -48,6 +49,11 @@ PARTITIONS: dict[str, list[str]] = {
     "dev-clean-long": ["dev-clean-long"],
     "dev-clean-channel": ["dev-clean-channel"],
     "test-clean-channel": ["test-clean-channel"],
+    # a training partition and its degraded copies (python -m src.corpus.synth|prepare ... --augment N)
+    "train-clean-100+augmented": ["train-clean-100", "train-clean-100-augmented"],
+    "train-clean-360+augmented": ["train-clean-360", "train-clean-360-augmented"],
+    "train-clean-460+augmented": ["train-clean-100", "train-clean-100-augmented", "train-clean-360",
+                                  "train-clean-360-augmented"],
 }
 # the folders that exist on disk, in a fixed order
 SPLIT_FOLDERS: list[str] = ["train-clean-100", "train-clean-360", "dev-clean", "test-clean"]
