@@ -21,7 +21,8 @@ Steps (each skipped when its output exists, so an interrupted run continues):
 1. the corpus (above), ``python -m src.corpus.long CORPUS`` (dev-clean's utterances
    of each speaker joined into 25-35 s ones: the long rows), and ``python -m src.corpus.synth
    CORPUS ... --channel dev-clean`` (dev-clean spoken again, each utterance through a room, a
-   telephone line or noise: the channel rows);
+   telephone line or noise: the channel rows); with ``--augment N`` also ``python -m src.corpus.synth
+   CORPUS ... --augment N`` (N degraded copies of each training utterance, src/corpus/degrade.py);
 2. ``python train.py data.root=CORPUS training.max_minutes=M ...``
    with every other setting from config.yaml (and the preset it picks);
 3. greedy and beam decoding of dev-clean, test-clean, dev-clean-channel and dev-clean-long with the best
@@ -179,6 +180,9 @@ def main() -> int:
                              "(results go to accuracy-<its name>.json)")
     parser.add_argument("--results", default=None,
                         help="results file in the run folder (default: accuracy.json, or accuracy-<checkpoint>.json)")
+    parser.add_argument("--augment", type=count, default=0, metavar="N",
+                        help="train on the corpus and N degraded copies of each training utterance (synth --augment N, "
+                             "made once into train-clean-100-augmented; data.train_partition=train-clean-100+augmented)")
     parser.add_argument("overrides", nargs="*", help="extra train.py key=value overrides")
     args = parser.parse_args()
     from host import describe, host_load
@@ -210,6 +214,19 @@ def main() -> int:
         shutil.rmtree(corpus / "dev-clean-channel", ignore_errors=True)
         run([sys.executable, "-m", "src.corpus.synth", str(corpus), *synth_args, "--counts", counts,
              "--channel", "dev-clean", "--workers", "2"])
+    if args.augment:
+        made = corpus / "train-clean-100-augmented.tsv"  # written last: without it, a copy cut short
+        if not made.exists():
+            shutil.rmtree(corpus / "train-clean-100-augmented", ignore_errors=True)
+            run([sys.executable, "-m", "src.corpus.synth", str(corpus), *synth_args, "--counts", counts,
+                 "--augment", str(args.augment), "--workers", "2"])
+        copies = len(made.read_text().splitlines()) - 1
+        if copies != args.augment * args.train:
+            from src.errors import UserError
+
+            raise UserError(f"{made}: {copies} copies, not {args.augment} of each of {args.train} utterances; "
+                            f"remove it and {made.with_suffix('')} to make them again")
+        args.overrides.append("data.train_partition=train-clean-100+augmented")
     if not (run_dir / "best.pt").exists() or (run_dir / "last.pt").exists() and not (run_dir / "done").exists():
         run(
             [sys.executable, "train.py", f"data.root={corpus}", f"logging.run_dir={run_dir}",

@@ -79,8 +79,11 @@ def tree(tmp_path_factory):
 def test_partitions_cover_the_competition():
     assert PARTITIONS["train-clean-460"] == ["train-clean-100", "train-clean-360"]
     assert set(PARTITIONS) == {"train-clean-100", "train-clean-360", "train-clean-460", "dev-clean", "test-clean",
-                               "dev-clean-long", "dev-clean-channel", "test-clean-channel"}
-    # the last three: src.corpus.long's joined dev utterances, synth --channel's copies
+                               "dev-clean-long", "dev-clean-channel", "test-clean-channel",
+                               "train-clean-100+augmented", "train-clean-360+augmented", "train-clean-460+augmented"}
+    # then: src.corpus.long's joined dev utterances, synth --channel's copies, --augment's training copies
+    assert PARTITIONS["train-clean-460+augmented"] == ["train-clean-100", "train-clean-100-augmented",
+                                                       "train-clean-360", "train-clean-360-augmented"]
 
 
 def test_list_utterances_pairs_by_name_sorted(tree):
