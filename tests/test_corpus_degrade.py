@@ -18,23 +18,8 @@ from src.corpus import synth
 from src.data.features import load_audio, log_mel
 from src.data.layout import list_utterances
 from src.errors import UserError
+from wave_measures import SR, band_power, snr_db, tone
 
-SR = 16000
-
-
-def snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
-    clean = clean.astype(np.float64)
-    return 10 * math.log10(np.mean(clean ** 2) / np.mean((noisy.astype(np.float64) - clean) ** 2))
-
-
-def band_power(x: np.ndarray, lo: float, hi: float, sr: int = SR) -> float:
-    spectrum = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
-    f = np.fft.rfftfreq(x.size, 1.0 / sr)
-    return float(spectrum[(f >= lo) & (f < hi)].sum())
-
-
-def tone(hz: float, seconds: float = 1.0) -> np.ndarray:
-    return (0.5 * np.sin(2 * np.pi * hz * np.arange(int(seconds * SR)) / SR)).astype(np.float32)
 
 
 def speechlike(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
