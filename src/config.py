@@ -90,7 +90,8 @@ class ChannelConfig:
     log-mel features before normalisation (src/data/augment.py: Channel)."""
 
     RANGES = {"prob": "[0, 1]", "noise": "[0, 1]", "snr_db_min": "[-20, 100]", "snr_db_max": "[-20, 100]",
-              "band_limit": "[0, 1]", "reverb": "[0, 1]", "rt60_max": "[0.1, 3]"}  # what each setting accepts (check_ranges)
+              "band_limit": "[0, 1]", "reverb": "[0, 1]", "rt60_max": "[0.1, 3]", "mix": "[0, 1]",
+              "start_step": "[0, 100000000]"}  # what each setting accepts (check_ranges)
 
     prob: float = 0.0  # share of training utterances passed through another channel; 0 = off
     noise: float = 1.0  # share of those with white noise added
@@ -99,6 +100,8 @@ class ChannelConfig:
     band_limit: float = 0.3  # share of those heard through a telephone band (300-3400 Hz)
     reverb: float = 0.3  # share of those with reverberation
     rt60_max: float = 0.8  # reverberation time drawn from 0.1 .. this (seconds)
+    mix: float = 0.0  # share of those with another utterance of the batch mixed in as a background talker
+    start_step: int = 0  # no channel before this optimiser step (clean speech first); 0 = from the start
 
     def __post_init__(self) -> None:
         if self.snr_db_min > self.snr_db_max:

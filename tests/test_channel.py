@@ -69,6 +69,58 @@ def test_telephone_band_cuts_only_the_bins_outside_300_to_3400_hz():
     np.testing.assert_allclose(out[~inside].numpy(), 1e-3, rtol=1e-2)
 
 
+def test_background_talker_is_the_next_utterance_looped_at_the_drawn_snr():
+    torch.manual_seed(2)
+    t, d, snr = 100, 28, 6.0
+    ramp = torch.arange(1, 41, dtype=torch.float32)[:, None] * torch.linspace(1, 2, d)[None, :]  # (40, D)
+    power = torch.zeros(2, t, d)
+    power[0] = 3.0  # a steady talker, 100 frames
+    power[1, :40] = ramp  # a rising one, 40 frames
+    lens = torch.tensor([t, 40])
+    cfg = ChannelConfig(prob=1.0, noise=0.0, band_limit=0.0, reverb=0.0, mix=1.0, snr_db_min=snr, snr_db_max=snr)
+    out = Channel(cfg, d)(log_mel_of(power), lens)
+    added = (out.exp() - LOG_EPS - power).double()  # (B, T, D) the background's power
+    # utterance 0 hears utterance 1 (40 frames) looped from some frame, 10 dB ... below its own mean power
+    starts = [s for s in range(40) if torch.allclose(
+        added[0] / added[0].mean(), (ramp.double()[(torch.arange(t) + s) % 40] / ramp.double()[(torch.arange(t) + s) % 40].mean()), rtol=1e-4)]
+    assert len(starts) == 1
+    assert 10 * math.log10(3.0 / added[0].mean().item()) == pytest.approx(snr, abs=1e-3)
+    # utterance 1, the last, hears utterance 0: steady, over its own 40 frames only
+    own = ramp.double().mean().item()
+    np.testing.assert_allclose(added[1, :40].numpy(), own * 10 ** (-snr / 10), rtol=1e-4)
+    assert not out[1, 40:].any()
+
+
+def test_channels_start_at_start_step(tmp_path, monkeypatch):
+    """training.channel.start_step: the channel is applied from that optimiser step on, to every batch after."""
+    from src.data.augment import Channel as real
+    from test_resume import final_weights, make_corpus, tiny_config
+
+    steps = []
+
+    class Spy(real):
+        def forward(self, features, lens):
+            steps.append(run_state["step"])
+            return features
+
+    import src.training.loop as loop
+    import src.training.setup as setup
+
+    run_state = {"step": None}
+    real_step = loop.train_step
+
+    def step(run, batch, options, elapsed):
+        run_state["step"] = run.state.global_step
+        return real_step(run, batch, options, elapsed)
+
+    monkeypatch.setattr(setup, "Channel", Spy)
+    monkeypatch.setattr(loop, "train_step", step)
+    corpus = make_corpus(tmp_path / "corpus")
+    _, run = final_weights(tiny_config(corpus, tmp_path / "run", "training.epochs=2", "training.channel.prob=1",
+                                       "training.channel.start_step=3"))
+    assert steps == list(range(3, run.state.global_step)) and run.state.global_step >= 6
+
+
 def test_bad_snr_range_is_one_line():
     with pytest.raises(UserError, match="snr_db_min"):
         ChannelConfig(snr_db_min=20, snr_db_max=10)

@@ -163,11 +163,15 @@ class Channel(nn.Module):
     - noise at an SNR drawn from ``snr_db_min`` .. ``snr_db_max`` against the utterance's mean
       power over its real frames and bins: white noise, so each bin gets power in proportion to its
       filter's bandwidth, with the frame-to-frame spread of a power estimate (chi-square, 8
-      degrees of freedom).
+      degrees of freedom);
+    - a background talker (``mix``): the next utterance of the batch (the batch rolled by one),
+      looped to this one's length from a random frame, added as mel power at an SNR drawn from the
+      same range; first, so that the room and the band act on both talkers.
 
-    Each utterance takes a channel with probability ``prob``; a channel has each of the three
-    parts with its own probability (``reverb``, ``band_limit``, ``noise``). Random numbers come
-    from torch's generator, like SpecAugment's, so a resumed run draws what a straight one would.
+    Each utterance takes a channel with probability ``prob``; a channel has each of the four
+    parts with its own probability (``mix``, ``reverb``, ``band_limit``, ``noise``). Random numbers
+    come from torch's generator, like SpecAugment's, so a resumed run draws what a straight one
+    would. ``start_step`` (read by the training loop) keeps the first steps clean.
     """
 
     def __init__(self, cfg, n_mels: int):
@@ -192,6 +196,17 @@ class Channel(nn.Module):
         y = nn.functional.conv1d(nn.functional.pad(x, (k - 1, 0)), weight, groups=b * d)  # (1, B*D, T)
         return y.reshape(b, d, t).transpose(1, 2)  # (1, B*D, T) -> (B, D, T) -> (B, T, D)
 
+    @staticmethod
+    def background(power: torch.Tensor, lens: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """Each utterance's background talker: (B, T, D) mel power of the next utterance in the batch
+        (row b + 1, the last row taking row 0), read from frame floor(offset * its length) and looped
+        over its real frames; offset (B,) in [0, 1)."""
+        b, t, d = power.shape
+        other, other_lens = power.roll(-1, 0), lens.roll(-1, 0).clamp(min=1)  # (B, T, D), (B,)
+        start = (offset * other_lens).long()  # (B,)
+        index = (torch.arange(t, device=power.device)[None, :] + start[:, None]) % other_lens[:, None]  # (B, T)
+        return other.gather(1, index[:, :, None].expand(b, t, d))  # (B, T, D)
+
     def forward(self, features: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
         """log-mel features (B, T, D) (natural log of mel power + LOG_EPS), lens (B,) -> (B, T, D),
         zero beyond lens; utterances without a channel come back unchanged."""
@@ -204,10 +219,21 @@ class Channel(nn.Module):
         rt60 = 0.1 + (cfg.rt60_max - 0.1) * torch.rand(b, device=device)  # (B,)
         snr_db = cfg.snr_db_min + (cfg.snr_db_max - cfg.snr_db_min) * torch.rand(b, device=device)  # (B,)
         fluctuation = torch.randn(b, t, d, 8, device=device).pow(2).mean(-1)  # (B, T, D): chi-square(8) / 8
+        if cfg.mix > 0:  # drawn only when on, so that runs without it draw what they always did
+            mix = chosen & draw(cfg.mix)
+            mix_snr_db = cfg.snr_db_min + (cfg.snr_db_max - cfg.snr_db_min) * torch.rand(b, device=device)  # (B,)
+            offset = torch.rand(b, device=device)  # (B,) where in the other utterance the loop starts, as a share
         if not bool(chosen.any()):
             return features
         real = (torch.arange(t, device=device)[None, :] < lens[:, None])[:, :, None]  # (B, T, 1)
         power = (features.float().exp() - LOG_EPS).clamp(min=0.0) * real  # (B, T, D) mel power
+        if cfg.mix > 0 and bool(mix.any()):
+            talker = self.background(power, lens, offset)  # (B, T, D)
+            own = power.sum((1, 2)) / (lens.clamp(min=1) * d)  # (B,) mean power per bin and frame
+            talker = talker * real
+            level = talker.sum((1, 2)) / (lens.clamp(min=1) * d)  # (B,) the same over this utterance's frames
+            gain = own * 10.0 ** (-mix_snr_db / 10.0) / level.clamp(min=1e-20)  # (B,)
+            power = torch.where(mix[:, None, None], power + gain[:, None, None] * talker, power)
         if cfg.reverb > 0 and bool(reverb.any()):
             power = torch.where(reverb[:, None, None], self.reverberate(power, rt60) * real, power)
         power = torch.where(band[:, None, None], power * self.telephone, power)

@@ -82,7 +82,8 @@ def train_step(run: Run, batch, options: dict, elapsed: float) -> tuple[Any, flo
     lr = lr_for_step(run, state.global_step, elapsed)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    if run.channel is not None:  # another channel on the log-mel features, before their normalisation
+    if run.channel is not None and state.global_step >= run.cfg.training.channel.start_step:
+        # another channel on the log-mel features, before their normalisation
         batch = dataclasses.replace(batch, features=run.channel(batch.features, batch.feature_lens))
     if run.normalize_batches:  # the per-utterance normalisation the loader left to the device
         batch = dataclasses.replace(batch, features=normalize_batch(batch.features, batch.feature_lens))
