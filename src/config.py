@@ -119,7 +119,7 @@ class TrainingConfig:
               "min_lr": "[0, 10]", "plateau_factor": "(0, 1]", "plateau_patience": "[0, 1000000]",
               "grad_clip": "[0, 1000000]", "label_smoothing": "[0, 1)", "ctc_weight": "[0, 1]",
               "guided_attention": "[0, 1000]", "guided_attention_target": "ctc | diagonal",
-              "guided_attention_sigma": "(0, 10]", "alignment_warning_steps": "[0, 1000000000]", "amp": "auto | bf16 | fp16 | none",
+              "guided_attention_sigma": "(0, 10]", "alignment_warning_steps": "[0, 1000000000]", "ctc_warmup_steps": "[0, 1000000000]", "amp": "auto | bf16 | fp16 | none",
               "seed": "[0, 4294967295]", "keep_epochs": "[0, 1000000]", "checkpoint_every_minutes": "[0, 10000000]",
               "max_minutes": "[0, 100000000]", "dev_max_utterances": "[0, 1000000000]", "dev_decoder": "greedy | test"}  # what each setting accepts (check_ranges)
 
@@ -142,6 +142,7 @@ class TrainingConfig:
     guided_attention_sigma: float = 0.3  # diagonal: width of the band, as a share of the utterance
     guided_attention_until_aligned: bool = True  # drop the guided loss once dev alignment is reached
     alignment_warning_steps: int = 3000  # warn once when dev alignment is below 0.5 after this many steps; 0 = never
+    ctc_warmup_steps: int = 0  # families with a CTC head and a decoder: the first N steps train the encoder on CTC alone (decoder skipped); 0 = off
     teacher_forcing: TeacherForcingConfig = field(default_factory=TeacherForcingConfig)
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)

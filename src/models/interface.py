@@ -24,6 +24,9 @@ a class):
                    ``teacher_forcing_rate`` and ``guided_attention`` and returns
                    attention weights, and the loop runs the attention hooks
                    (src/training/hooks.py) for it.
+    CTC warm-up    the objective takes ``ctc_only`` and the model has a CTC head
+                   (``model.ctc``): training.ctc_warmup_steps trains the encoder on
+                   CTC alone first, the decoder skipped.
 """
 from __future__ import annotations
 
@@ -98,3 +101,11 @@ def is_step_decoder(model: Any) -> bool:
 def has_attention(model: Any) -> bool:
     """True when the loop should run the attention hooks (teacher forcing, guided attention)."""
     return bool(getattr(model, "has_attention", False))
+
+
+def can_warm_up_on_ctc(model: Any) -> bool:
+    """True when ``model``'s objective can run on CTC alone (``ctc_only``): it has a decoder to skip
+    and a CTC head to train (training.ctc_warmup_steps)."""
+    import inspect
+
+    return "ctc_only" in inspect.signature(type(model).forward).parameters and getattr(model, "ctc", None) is not None

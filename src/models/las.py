@@ -48,7 +48,8 @@ from torch import nn
 from src.errors import UserError
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
 from src.models.alignment import ctc_occupancy, pool_frames
-from src.models.losses import attention_cross_entropy, attention_target_loss, ctc_loss, ctc_targets, guided_attention_loss
+from src.models.losses import (attention_cross_entropy, attention_target_loss, ctc_loss, ctc_targets, guided_attention_loss,
+                               in_every_gradient)
 from src.models.layers import rnn_within_lengths, zero_beyond_lengths
 from src.models.registry import Family, register_family
 
@@ -187,10 +188,11 @@ class Listener(nn.Module):
         self.output_dim = 2 * hidden
 
     def forward(
-        self, features: torch.Tensor, lens: torch.Tensor
+        self, features: torch.Tensor, lens: torch.Tensor, upto_ctc: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """features (B, T, D), lens (B,) -> out (B, T', 2H), lens (B,), and the
-        output of layer ``ctc_layer`` (B, T'', 2H) with its lens (None when 0)."""
+        output of layer ``ctc_layer`` (B, T'', 2H) with its lens (None when 0).
+        ``upto_ctc``: stop at layer ``ctc_layer`` (out is then that layer's output)."""
         x = zero_beyond_lengths(features, lens)
         x = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, D) -> (B, D, T) -> (B, C, T/s) -> (B, T/s, C)
         lens = listener_output_lengths(lens, self.conv_stride, 0)
@@ -201,6 +203,8 @@ class Listener(nn.Module):
             x, lens = layer(self.dropout(x), lens)  # (B, T, F) -> (B, T/2, 2H)
             if i + 1 == self.ctc_layer:
                 ctc_x, ctc_lens = x, lens
+                if upto_ctc:
+                    break
         return self.dropout(x), lens, ctc_x, ctc_lens
 
 
@@ -591,6 +595,7 @@ class LAS(nn.Module):
         guided_attention: float = 0.0,
         guided_sigma: float = 0.3,
         guided_target: str = "diagonal",
+        ctc_only: bool = False,
     ) -> LossOutput:
         """The objective: (1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC,
         plus ``guided_attention`` * the guided-attention loss when that weight is above 0:
@@ -601,8 +606,14 @@ class LAS(nn.Module):
 
         tokens (B, U) = [SOS, c1..cn, EOS, PAD..], token_lens (B,) counting SOS and EOS.
         Parts: att, ctc, ga. A CTC weight of 0 still runs the head (DDP needs every
-        parameter in the graph).
+        parameter in the graph). ``ctc_only`` (training.ctc_warmup_steps): the CTC loss alone, the
+        listener run up to the CTC head's layer and the speller skipped.
         """
+        if ctc_only and self.ctc is not None:
+            _, _, ctc_x, ctc_lens = self.listener(features, feature_lens, upto_ctc=True)
+            ctc_log_probs = F.log_softmax(self.ctc(ctc_x).float(), dim=-1)  # (B, T'', 2H) -> (B, T'', V)
+            ctc = ctc_loss(EncoderOutput((), ctc_lens, ctc_log_probs, ctc_lens), tokens, token_lens)
+            return LossOutput(in_every_gradient(ctc, self), {"att": 0.0, "ctc": float(ctc.detach()), "ga": 0.0})
         tokens_in, targets = tokens[:, :-1], tokens[:, 1:]  # (B, U) -> (B, U-1) each: [SOS, c..] / [c.., EOS]
         encoded = self.encode(features, feature_lens)
         windowed = self.speller.attention.window is not None

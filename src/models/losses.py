@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from src.models.interface import EncoderOutput, lengths_to_mask
 from src.vocab import PAD
@@ -31,6 +32,16 @@ def ctc_loss(encoded: EncoderOutput, tokens: torch.Tensor, token_lens: torch.Ten
         reduction="mean",
         zero_infinity=True,
     )
+
+
+def in_every_gradient(loss: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``loss`` with every trainable parameter of ``module`` in its graph when several processes train
+    (DistributedDataParallel waits for a gradient of each, so a part the objective skipped gets zeros);
+    in one process ``loss`` itself, so that skipped parameters get no gradient and the optimiser leaves
+    them alone."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return loss + 0.0 * sum(p.sum() for p in module.parameters() if p.requires_grad)
+    return loss
 
 
 def attention_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:

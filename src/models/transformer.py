@@ -49,7 +49,7 @@ from torch import nn
 from src.errors import UserError
 from src.models.interface import EncoderOutput, LossOutput, lengths_to_mask
 from src.models.layers import MaskedBatchNorm, zero_beyond_lengths
-from src.models.losses import attention_cross_entropy, ctc_loss
+from src.models.losses import attention_cross_entropy, ctc_loss, in_every_gradient
 from src.models.registry import Family, register_family
 
 State = tuple[torch.Tensor, ...]  # (k_1, v_1, .., k_L, v_L) self-attention caches, each (N, t, d)
@@ -305,10 +305,15 @@ class Transformer(nn.Module):
         return {"label_smoothing": training_cfg.label_smoothing, "ctc_weight": training_cfg.ctc_weight}
 
     def forward(self, features: torch.Tensor, feature_lens: torch.Tensor, tokens: torch.Tensor,
-                token_lens: torch.Tensor, *, label_smoothing: float = 0.0, ctc_weight: float = 0.3) -> LossOutput:
-        """(1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC; parts att, ctc."""
+                token_lens: torch.Tensor, *, label_smoothing: float = 0.0, ctc_weight: float = 0.3,
+                ctc_only: bool = False) -> LossOutput:
+        """(1 - w) * attention CE (label smoothed, PAD ignored) + w * CTC; parts att, ctc.
+        ``ctc_only`` (training.ctc_warmup_steps): the CTC loss alone, the decoder skipped."""
         tokens_in, targets = tokens[:, :-1], tokens[:, 1:]  # (B, U) -> (B, U-1) each
         encoded = self.encode(features, feature_lens)
+        if ctc_only:
+            ctc = ctc_loss(encoded, tokens, token_lens)
+            return LossOutput(in_every_gradient(ctc, self), {"att": 0.0, "ctc": float(ctc.detach())}, encoded)
         att = attention_cross_entropy(self.teacher_forced(encoded, tokens_in), targets, label_smoothing)
         ctc = ctc_loss(encoded, tokens, token_lens)
         loss = (1.0 - ctc_weight) * att + ctc_weight * ctc

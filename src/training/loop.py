@@ -82,6 +82,8 @@ def train_step(run: Run, batch, options: dict, elapsed: float) -> tuple[Any, flo
     lr = lr_for_step(run, state.global_step, elapsed)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
+    if state.global_step < run.ctc_warmup_steps:  # the encoder alone, on CTC (training.ctc_warmup_steps)
+        options = {**options, "ctc_only": True}
     if run.channel is not None and state.global_step >= run.cfg.training.channel.start_step:
         # another channel on the log-mel features, before their normalisation
         batch = dataclasses.replace(batch, features=run.channel(batch.features, batch.feature_lens))
@@ -144,6 +146,9 @@ def train_one_epoch(run: Run, epoch: int, stop: TerminationRequest | None = None
             out, lr = train_step(run, batch.to(run.device), options, elapsed)
             run.note_first_step()
             state.global_step += 1
+            if state.global_step == run.ctc_warmup_steps:
+                run.log.line(f"CTC warm-up over at step {state.global_step} ({shared_elapsed_minutes(run):.1f} min): "
+                             "the decoder joins")
             state.batch += 1
             state.epoch_sums["batches"] += 1
             bar.update(len(batch))

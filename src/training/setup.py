@@ -23,6 +23,7 @@ from src.data.dataset import LengthBucketSampler, SpeechDataset, SubsetDataset, 
 from src.data.layout import resolve_data_root
 from src.errors import UserError
 from src.models import build_model, count_parameters
+from src.models.interface import can_warm_up_on_ctc
 from src.training.evaluation import compute_loss
 from src.training.hooks import hooks_for
 from src.training.precision import autocast, autocast_dtype
@@ -140,9 +141,17 @@ def setup_run(cfg: Config) -> Run:
         run.specaugment = SpecAugment(cfg.training.specaugment).to(device)
     if channel_needed(cfg.training.channel):
         run.channel = Channel(cfg.training.channel, cfg.data.n_mels).to(device)
+    if cfg.training.ctc_warmup_steps and can_warm_up_on_ctc(model):
+        run.ctc_warmup_steps = cfg.training.ctc_warmup_steps
     run.log = RunLog(cfg, run_dir, info.is_main, warn, state.wandb_id)
     state.wandb_id = run.log.wandb_id
     run.log.line(config_summary(cfg))
+    if cfg.training.ctc_warmup_steps and not run.ctc_warmup_steps:
+        run.log.line(f"training.ctc_warmup_steps={cfg.training.ctc_warmup_steps} does nothing here: model "
+                     f"{cfg.model.family} has no decoder to skip or no CTC head")
+    elif state.global_step < run.ctc_warmup_steps:
+        run.log.line(f"CTC warm-up: the encoder trains on CTC alone until step {run.ctc_warmup_steps}, "
+                     "then the decoder joins (training.ctc_warmup_steps)")
     seed_everything(cfg.training.seed + info.rank)  # training randomness differs between ranks
     if ckpt is not None:
         if info.is_main:

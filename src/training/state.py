@@ -139,6 +139,7 @@ class Run:
     specaugment: nn.Module | None = None
     channel: nn.Module | None = None  # training.channel (src/data/augment.py)
     normalize_batches: bool = False  # the loader's batches come unnormalised (setup.normalize_on_device)
+    ctc_warmup_steps: int = 0  # training.ctc_warmup_steps, or 0 for a model that cannot warm up on CTC
     session_start: float = field(default_factory=time.monotonic)
     minutes_at_start: float = 0.0
     startup: dict = field(default_factory=dict)  # set-up's clock readings and phases, until the first step says them
