@@ -72,3 +72,23 @@ def test_a_family_without_a_decoder_says_the_setting_does_nothing(tmp_path):
     final_weights(tiny_config(corpus, tmp_path / "ds2", "model.family=ds2", "model.ds2.rnn_hidden=8",
                               "model.ds2.conv_channels=4", "training.epochs=1", "training.ctc_warmup_steps=3"))
     assert "training.ctc_warmup_steps=3 does nothing here" in (tmp_path / "ds2" / "train.log").read_text()
+
+
+def test_the_overfit_trigger_waits_for_an_epoch_without_warm_up_steps():
+    """SpecAugment's overfit trigger compares the epoch's training loss with the dev loss; CTC alone is
+    not the dev loss's objective, so an epoch with warm-up steps never latches it, and the next one can."""
+    from types import SimpleNamespace
+
+    from src.config import load_config
+    from src.distributed import DistInfo
+    from src.training.schedule import update_specaugment
+
+    cfg = load_config(None, ["training.specaugment.trigger=overfit", "training.specaugment.start=0", "training.epochs=10"])
+    state = SimpleNamespace(global_step=300, specaugment_from=-1.0)
+    run = SimpleNamespace(cfg=cfg, state=state, specaugment=object(), ctc_warmup_steps=250, info=DistInfo(),
+                          total_steps=1000, elapsed_minutes=lambda: 1.0)
+    update_specaugment(run, train_loss=1.0, dev_loss=2.0, batches=100)  # steps 200-300: 50 of them CTC alone
+    assert state.specaugment_from < 0
+    state.global_step = 400
+    update_specaugment(run, train_loss=1.0, dev_loss=2.0, batches=100)  # steps 300-400: the whole objective
+    assert state.specaugment_from == pytest.approx(0.4)

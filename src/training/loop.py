@@ -225,7 +225,8 @@ def end_of_epoch(run: Run, epoch: int, train_metrics: dict[str, Any]) -> bool:
     hook_summary = "  ".join(hook.end_of_epoch(epoch, dev_metrics, step=state.global_step,
                                                minutes=run.elapsed_minutes()) for hook in run.hooks)
     hook_summary = "  ".join(filter(None, [hook_summary, update_specaugment(run, train_metrics["train_loss"],
-                                                                            dev_metrics["dev_loss"])]))
+                                                                            dev_metrics["dev_loss"],
+                                                                            train_metrics["batches"])]))
     dev_lev = dev_metrics["dev_lev"]
     if t.scheduler == "plateau" and not math.isnan(dev_lev):
         state.plateau = dataclasses.asdict(plateau_update(PlateauState(**state.plateau), dev_lev,

@@ -46,15 +46,17 @@ def augmentation_strength(run: Run, step: int, elapsed_minutes: float) -> tuple[
     return strength, 1.0 if sa.perturb == "always" else strength
 
 
-def update_specaugment(run: Run, train_loss: float, dev_loss: float) -> str:
-    """After an epoch: latch the overfit trigger (rank 0 decides, every rank follows) and describe
-    the masks' strength for the epoch line ("" without SpecAugment)."""
+def update_specaugment(run: Run, train_loss: float, dev_loss: float, batches: int) -> str:
+    """After an epoch of ``batches`` steps: latch the overfit trigger (rank 0 decides, every rank
+    follows) and describe the masks' strength for the epoch line ("" without SpecAugment). An epoch
+    with steps of the CTC warm-up never latches it: its training loss is not the dev loss's objective."""
     if run.specaugment is None:
         return ""
     t, state = run.cfg.training, run.state
     sa = t.specaugment
     progress = progress_of(run, state.global_step, run.elapsed_minutes())
-    if sa.trigger == "overfit" and state.specaugment_from < 0:
+    warming_up = state.global_step - batches < run.ctc_warmup_steps
+    if sa.trigger == "overfit" and state.specaugment_from < 0 and not warming_up:
         deadline = specaugment_deadline(sa.until, t.scheduler, t.decay_fraction)
         begins = specaugment_begins(sa.trigger, progress=progress, start=sa.start, train_loss=train_loss,
                                     dev_loss=dev_loss, deadline=deadline, ramp=sa.ramp)
