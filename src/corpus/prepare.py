@@ -1,7 +1,7 @@
 """Turn a speech corpus into the competition layout, with the same features as the sample.
 
     python -m src.corpus.prepare FORMAT SRC OUT [--n-mels 28] [--workers N] [--dtype float32|float16]
-                               [--max-seconds 40]
+                               [--max-seconds 40] [--augment N [--noise-dir DIR]]
 
 FORMAT and SRC:
 
@@ -20,6 +20,10 @@ Output, per utterance (NAME = the corpus' utterance id):
 
     OUT/SPLIT/mfcc/NAME.npy          (T, D) src.data.features.log_mel, float32 (or --dtype float16)
     OUT/SPLIT/transcripts/NAME.npy   np.array(['<sos>', 'H', 'I', '<eos>'])
+
+``--augment N`` also writes N degraded copies of each training utterance (a room, a line or noise:
+:mod:`src.corpus.degrade`) into ``OUT/SPLIT-augmented/`` as NAME-a1 ... NAME-aN, with the same
+transcript; ``data.train_partition=train-clean-100+augmented`` trains on both.
 
 test-clean keeps its transcripts too (the competition's test-clean has none), so a
 submission made on a prepared corpus can be scored.

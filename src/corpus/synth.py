@@ -3,6 +3,7 @@
     python -m src.corpus.synth OUT [--hours H | --counts train-clean-100=300,dev-clean=50,test-clean=50]
                              [--seed S] [--workers N] [--noise SNR_DB] [--dtype float16|float32]
                              [--preset sample | heldout | paragraphs] [--channel dev-clean]
+                             [--augment N [--noise-dir DIR]]
 
 The bundled sample ``data/sample`` is exactly::
 
@@ -38,6 +39,11 @@ same utterances spoken again, each through a room, a telephone line or noise dra
 :mod:`src.corpus.channels` (which ones: ``OUT/dev-clean-channel.tsv``)::
 
     python -m src.corpus.synth bench/out/corpus-paragraphs --preset paragraphs --channel dev-clean --workers 2
+
+``--augment N``, likewise, writes only ``OUT/train-clean-100-augmented``: N copies of each training
+utterance, each through a room, a line or noise drawn by :mod:`src.corpus.degrade` (unlike the
+channels above; which ones: ``OUT/train-clean-100-augmented.tsv``), for
+``data.train_partition=train-clean-100+augmented``.
 
 Speakers: an espeak-ng voice (English accents, and other languages' voices reading
 English) with a variant (``+m3``, ``+f2``, ``+klatt`` ...), a speed (``-s`` 130..200)
