@@ -58,7 +58,12 @@ def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator, colour:
         noise = pink_noise(wave.size, rng)
     else:
         raise ValueError(f"add_noise: colour must be white or pink, got {colour!r}")
-    scale = math.sqrt(mean_power(wave) / 10.0 ** (snr_db / 10.0) / mean_power(noise))
+    return mix_at_snr(wave, noise, snr_db)
+
+
+def mix_at_snr(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """(N,) wave plus (N,) noise scaled so that mean power(wave) / mean power(noise) is ``snr_db``."""
+    scale = math.sqrt(mean_power(wave) / 10.0 ** (snr_db / 10.0) / max(mean_power(noise), 1e-20))
     return (wave + scale * noise).astype(np.float32)
 
 
@@ -97,10 +102,15 @@ def room_impulse_response(rt60: float, sample_rate: int, rng: np.random.Generato
 def reverberate(wave: np.ndarray, sample_rate: int, rt60: float, rng: np.random.Generator) -> np.ndarray:
     """(N,) -> (N,): the wave convolved with a room's response (:func:`room_impulse_response`), the
     tail past the end cut, scaled back to the wave's mean power."""
-    rir = room_impulse_response(rt60, sample_rate, rng)
-    size = wave.size + rir.size - 1
+    return convolve_at_power(wave, room_impulse_response(rt60, sample_rate, rng))
+
+
+def convolve_at_power(wave: np.ndarray, response: np.ndarray) -> np.ndarray:
+    """(N,) wave convolved with an (L,) impulse response by FFT, the tail past the end cut, scaled
+    back to the wave's mean power: (N,) float32."""
+    size = wave.size + response.size - 1
     n_fft = 1 << (size - 1).bit_length()
-    wet = np.fft.irfft(np.fft.rfft(wave, n_fft) * np.fft.rfft(rir, n_fft), n_fft)[: wave.size]  # (N,)
+    wet = np.fft.irfft(np.fft.rfft(wave, n_fft) * np.fft.rfft(response, n_fft), n_fft)[: wave.size]  # (N,)
     return (wet * math.sqrt(mean_power(wave) / max(mean_power(wet), 1e-20))).astype(np.float32)
 
 
@@ -122,5 +132,5 @@ def through_channel(wave: np.ndarray, sample_rate: int, rng: np.random.Generator
     return add_noise(wet, snr, rng, "pink"), sample_rate, f"reverb+noise: RT60 {rt60:.2f} s, pink SNR {snr:.1f} dB"
 
 
-__all__ = ["KINDS", "add_noise", "mu_law", "pink_noise", "reverberate", "room_impulse_response", "telephone",
+__all__ = ["KINDS", "add_noise", "convolve_at_power", "mix_at_snr", "mu_law", "pink_noise", "reverberate", "room_impulse_response", "telephone",
            "through_channel"]

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from src.corpus.channels import mean_power
+from src.corpus.channels import convolve_at_power, mean_power, mix_at_snr
 from src.data.features import load_audio, resample
 from src.errors import UserError
 
@@ -52,12 +52,6 @@ DECAY_DB = 60.0  # RT60: the time for the reverberant energy to fall by 60 dB
 # the room's tail in three bands: (upper edge in Hz, share of the room's RT60 in that band);
 # air and soft surfaces absorb high frequencies first, so the tail dies faster there
 ROOM_BANDS = ((1000.0, 1.0), (4000.0, 0.7), (math.inf, 0.4))
-
-
-def mix_at_snr(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
-    """(N,) wave plus (N,) noise scaled so that mean power(wave) / mean power(noise) is ``snr_db``."""
-    scale = math.sqrt(mean_power(wave) / 10.0 ** (snr_db / 10.0) / max(mean_power(noise), 1e-20))
-    return (wave + scale * noise).astype(np.float32)
 
 
 def speech_shaped_noise(wave: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -181,12 +175,8 @@ def room(wave: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[
     """(N,) -> (N,): the wave convolved with :func:`room_response` (RT60 0.2-1.0 s, DRR -3 to +9 dB),
     the tail past the end cut, scaled back to the wave's mean power."""
     rt60, drr = float(rng.uniform(0.2, 1.0)), float(rng.uniform(-3.0, 9.0))
-    rir = room_response(rt60, drr, sample_rate, rng)
-    size = wave.size + rir.size - 1
-    n_fft = 1 << (size - 1).bit_length()
-    wet = np.fft.irfft(np.fft.rfft(wave, n_fft) * np.fft.rfft(rir, n_fft), n_fft)[: wave.size]  # (N,)
-    wet *= math.sqrt(mean_power(wave) / max(mean_power(wet), 1e-20))
-    return wet.astype(np.float32), f"room: RT60 {rt60:.2f} s, DRR {drr:+.1f} dB"
+    wet = convolve_at_power(wave, room_response(rt60, drr, sample_rate, rng))
+    return wet, f"room: RT60 {rt60:.2f} s, DRR {drr:+.1f} dB"
 
 
 def degrade(wave: np.ndarray, sample_rate: int, rng: np.random.Generator,
