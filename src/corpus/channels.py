@@ -132,5 +132,5 @@ def through_channel(wave: np.ndarray, sample_rate: int, rng: np.random.Generator
     return add_noise(wet, snr, rng, "pink"), sample_rate, f"reverb+noise: RT60 {rt60:.2f} s, pink SNR {snr:.1f} dB"
 
 
-__all__ = ["KINDS", "add_noise", "convolve_at_power", "mix_at_snr", "mu_law", "pink_noise", "reverberate", "room_impulse_response", "telephone",
-           "through_channel"]
+__all__ = ["KINDS", "add_noise", "convolve_at_power", "mix_at_snr", "mu_law", "pink_noise", "reverberate",
+           "room_impulse_response", "telephone", "through_channel"]
